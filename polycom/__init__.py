@@ -1,0 +1,1 @@
+"""polycom: polynomial composition activations (PolyNorm, PolyReLU) for language-model pretraining studies."""

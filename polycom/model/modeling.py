@@ -1,0 +1,225 @@
+"""Decoder-only transformer with a configurable FFN activation, as a Hugging Face causal LM.
+
+Pre-norm RMSNorm blocks, RoPE, causal SDPA attention, no biases, tied or untied embeddings. Each block's
+FFN is dense (``FeedForward``) or a mixture of experts (``polycom.model.moe``) when ``num_experts > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from polycom.activations import _PolyCom
+from polycom.model.config import PolyComConfig
+from polycom.model.layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
+
+
+@dataclass
+class PolyComCausalLMOutput(CausalLMOutputWithPast):
+    """``loss`` is the LM loss plus the weighted MoE losses; each part is also reported on its own."""
+
+    lm_loss: torch.FloatTensor | None = None
+    load_balance_loss: torch.FloatTensor | None = None
+    router_z_loss: torch.FloatTensor | None = None
+    expert_load: torch.FloatTensor | None = None  # (layers, experts): fraction of routed tokens per expert
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: PolyComConfig, layer_idx: int):
+        super().__init__()
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.is_moe:
+            from polycom.model.moe import MoEFeedForward
+
+            self.mlp = MoEFeedForward(config)
+        else:
+            self.mlp = FeedForward(config)
+
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache):
+        x = x + self.attn(self.input_norm(x), cos, sin, attn_mask, is_causal, cache)
+        out = self.mlp(self.ffn_norm(x))
+        if isinstance(out, torch.Tensor):
+            return x + out, None
+        return x + out.hidden_states, out
+
+
+class PolyComPreTrainedModel(PreTrainedModel):
+    config_class = PolyComConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["DecoderLayer"]
+    _supports_sdpa = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) for matrices; output projections into the residual stream (marked
+        ``is_residual_projection``) get std / sqrt(2 * layers) when ``scaled_residual_init``.
+
+        Initialization is decided per leaf module: transformers skips parameter-less container modules
+        of custom code, so a container-level rule would silently never run."""
+        cfg = self.config
+        std = cfg.initializer_range
+        residual_std = std / math.sqrt(2 * cfg.num_hidden_layers) if cfg.scaled_residual_init else std
+        if isinstance(module, nn.Linear):
+            residual = getattr(module, "is_residual_projection", False)
+            init.normal_(module.weight, mean=0.0, std=residual_std if residual else std)
+        elif hasattr(module, "init_weights_"):  # modules holding raw parameters, e.g. MoE experts
+            module.init_weights_(std=std, residual_std=residual_std)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, _PolyCom):
+            init.constant_(module.weight, 1.0 / module.order)
+            init.zeros_(module.bias)
+
+
+class PolyComModel(PolyComPreTrainedModel):
+    def __init__(self, config: PolyComConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, seq = x.shape[:2]
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if position_ids is None:
+            if padded:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+            else:
+                position_ids = torch.arange(past, past + seq, device=x.device).unsqueeze(0).expand(batch, -1)
+        attn_mask, is_causal = _attention_mask(attention_mask if padded else None, seq, past, x.device)
+        cos, sin = self.rotary(position_ids, x.dtype)
+
+        hidden_states = [x] if output_hidden_states else None
+        router_outputs = []
+        for layer in self.layers:
+            x, router_out = layer(x, cos, sin, attn_mask, is_causal, past_key_values)
+            if router_out is not None:
+                router_outputs.append(router_out)
+            if output_hidden_states:
+                hidden_states.append(x)
+        x = self.norm(x)
+        if output_hidden_states:
+            hidden_states[-1] = x
+        return x, past_key_values, hidden_states, router_outputs
+
+
+def _attention_mask(padding_mask, seq: int, past: int, device) -> tuple[torch.Tensor | None, bool]:
+    """(boolean mask or None, is_causal) for SDPA. The fast path (no padding, no cache) uses is_causal."""
+    if padding_mask is None:
+        if past == 0:
+            return None, seq > 1
+        if seq == 1:
+            return None, False
+    kv_len = past + seq
+    query_pos = torch.arange(past, kv_len, device=device)[:, None]
+    mask = torch.arange(kv_len, device=device)[None, :] <= query_pos  # (seq, kv_len)
+    if padding_mask is not None:
+        keep = padding_mask[:, None, None, -kv_len:].bool()
+        # a padded query position would see no key at all; let it see itself so SDPA stays finite
+        diagonal = torch.arange(kv_len, device=device)[None, :] == query_pos
+        mask = (mask & keep) | diagonal
+    return mask, False
+
+
+class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: PolyComConfig):
+        super().__init__(config)
+        self.model = PolyComModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PolyComCausalLMOutput:
+        """``labels`` are the input ids themselves (shifted inside); -100 marks positions to ignore."""
+        x, cache, hidden_states, router_outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)
+
+        out = PolyComCausalLMOutput(logits=logits, past_key_values=cache if use_cache else None)
+        if output_hidden_states:
+            out.hidden_states = tuple(hidden_states)
+        if router_outputs:
+            out.load_balance_loss = torch.stack([r.load_balance_loss for r in router_outputs]).mean()
+            out.router_z_loss = torch.stack([r.router_z_loss for r in router_outputs]).mean()
+            out.expert_load = torch.stack([r.expert_load for r in router_outputs]).detach()
+        if labels is not None:
+            out.lm_loss = causal_lm_loss(logits, labels)
+            out.loss = out.lm_loss
+            if router_outputs:
+                out.loss = (
+                    out.loss
+                    + self.config.router_aux_loss_coef * out.load_balance_loss
+                    + self.config.router_z_loss_coef * out.router_z_loss
+                )
+        return out
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32; position t predicts labels[t + 1]."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=-100)

@@ -1,0 +1,1 @@
+"""Reporting: collect sweep runs, statistics over seeds, tables and plots."""

@@ -1,0 +1,72 @@
+"""PNG plots of a sweep: validation-loss curves per activation and downstream accuracy bars."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from polycom.report.runs import load_curve  # noqa: E402
+from polycom.report.stats import aggregate, by_activation  # noqa: E402
+from polycom.report.tables import ordered_activations  # noqa: E402
+
+
+def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: float = 0.1) -> None:
+    """Mean validation loss per activation against tokens, with a ±1 std band over seeds.
+
+    Only token counts present in every seed's curve are plotted. The first ``skip_first_fraction`` of
+    training is cut so the interesting end of the curves is readable.
+    """
+    curves = defaultdict(list)
+    for row in rows:
+        curves[row["activation"]].append(dict(load_curve(Path(row["run_dir"]), "val_loss")))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for act in ordered_activations(rows):
+        common = sorted(set.intersection(*(set(c) for c in curves[act]))) if curves[act] else []
+        if not common:
+            continue
+        start = common[-1] * skip_first_fraction
+        tokens = np.array([t for t in common if t >= start])
+        values = np.array([[c[t] for t in tokens] for c in curves[act]])
+        mean = values.mean(0)
+        ax.plot(tokens, mean, label=f"{act} (n={len(values)})")
+        if len(values) > 1:
+            std = values.std(0, ddof=1)
+            ax.fill_between(tokens, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss (mean ± 1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path) -> None:
+    """Grouped bars: one group per metric, one bar per activation, error bars = std over seeds."""
+    acts = ordered_activations(rows)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * len(acts) / 3), 4.5))
+    width = 0.8 / max(1, len(acts))
+    x = np.arange(len(metrics))
+    for i, act in enumerate(acts):
+        means, stds = [], []
+        for metric in metrics:
+            agg = aggregate(list(by_activation(rows, metric).get(act, {}).values()))
+            means.append(agg.mean)
+            stds.append(0.0 if np.isnan(agg.std) else agg.std)
+        ax.bar(x + (i - (len(acts) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=act)
+    ax.set_xticks(x)
+    ax.set_xticklabels(metrics, rotation=30, ha="right")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Downstream accuracy (mean ± 1 std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=min(len(acts), 6), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""Per-activation summary tables (markdown and CSV) from run rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from polycom.activations import ACTIVATIONS
+from polycom.report.stats import aggregate, by_activation, paired_difference
+
+LOWER_IS_BETTER = ("val_loss", "val_ppl")
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    downstream = sorted({k for row in rows for k in row if "/" in k})
+    return ["val_loss", "val_ppl"] + downstream
+
+
+def ordered_activations(rows: list[dict]) -> list[str]:
+    present = {row["activation"] for row in rows}
+    return [a for a in ACTIVATIONS if a in present] + sorted(present - set(ACTIVATIONS))
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def summary_rows(rows: list[dict], baseline: str) -> list[dict]:
+    """One row per (activation, metric): aggregate over seeds and the paired difference to the baseline."""
+    out = []
+    for metric in metric_columns(rows):
+        table = by_activation(rows, metric)
+        for act in ordered_activations(rows):
+            if act not in table:
+                continue
+            agg = aggregate(list(table[act].values()))
+            row = {"activation": act, "metric": metric, "n": agg.n, "mean": agg.mean, "std": agg.std,
+                   "ci95_low": agg.ci95_low, "ci95_high": agg.ci95_high}
+            if baseline in table and act != baseline:
+                diff = paired_difference(table[act], table[baseline])
+                row.update({"diff_vs_baseline": diff.mean_diff, "diff_ci95_low": diff.ci95_low,
+                            "diff_ci95_high": diff.ci95_high, "p_value": diff.p_value, "n_pairs": diff.n})
+            out.append(row)
+    return out
+
+
+def write_summary_csv(summary: list[dict], path: Path) -> None:
+    columns = ["activation", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline",
+               "diff_ci95_low", "diff_ci95_high", "p_value", "n_pairs"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(summary)
+
+
+def markdown(summary: list[dict], baseline: str) -> str:
+    """Two tables: mean ± std [95% CI] per activation and metric; paired differences vs the baseline."""
+    metrics = list(dict.fromkeys(r["metric"] for r in summary))
+    acts = list(dict.fromkeys(r["activation"] for r in summary))
+    cell = {(r["activation"], r["metric"]): r for r in summary}
+    lines = ["| activation | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for act in acts:
+        n = max(cell[(act, m)]["n"] for m in metrics if (act, m) in cell)
+        cells = []
+        for m in metrics:
+            r = cell.get((act, m))
+            cells.append("–" if r is None else
+                         f"{_fmt(r['mean'])} ± {_fmt(r['std'])} [{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]")
+        lines.append(f"| {act} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"Paired difference vs {baseline} (same seed; activation − {baseline}), "
+              "mean [95% CI], paired t-test p:", "",
+              "| activation | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for act in acts:
+        if act == baseline:
+            continue
+        cells = []
+        for m in metrics:
+            r = cell.get((act, m), {})
+            if "diff_vs_baseline" not in r:
+                cells.append("–")
+                continue
+            better = (r["diff_vs_baseline"] < 0) == (m in LOWER_IS_BETTER)
+            mark = "*" if r["p_value"] < 0.05 and better else ("†" if r["p_value"] < 0.05 else "")
+            cells.append(f"{r['diff_vs_baseline']:+.4f} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
+                         f"p={_fmt(r['p_value'], 3)}{mark}")
+        lines.append(f"| {act} | " + " | ".join(cells) + " |")
+    lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05 (no correction for multiple "
+              "comparisons). Values are mean ± sample std over seeds, with a t-based 95% interval."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Training: schema, Accelerate loop, optimizer, schedules, checkpoints, metrics and logging."""

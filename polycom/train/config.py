@@ -1,0 +1,150 @@
+"""Structured-config schema of ``configs/train.yaml``.
+
+Registered with Hydra's ConfigStore as ``train_schema`` and placed first in the defaults list, so every
+YAML file is merged into these dataclasses: a misspelled key or a value of the wrong type fails at
+startup with an error naming the key. ``validate_config`` then checks what types cannot (ranges,
+consistency between groups) before any model or data is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from polycom.data.config import DataConfig, TokenizerConfig
+
+
+@dataclass
+class ModelConfig:
+    """Fields of ``polycom.model.PolyComConfig`` (the vocabulary comes from the tokenizer)."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 704
+    ffn_width_multiple: int = 16
+    max_position_embeddings: int = 1024
+    qk_norm: bool = False
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    scaled_residual_init: bool = True
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    num_experts: int = 0
+    num_experts_per_tok: int = 1
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    router_jitter: float = 0.0
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    moe_shared_coefficients: bool = True
+
+
+@dataclass
+class ActivationConfig:
+    name: str = "polynorm"
+    order: int = 3
+    eps: float = 1e-6
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    embedding_weight_decay: bool = False  # decay the token embeddings (and an untied head) too
+    fused: Optional[bool] = None  # torch AdamW's fused kernel; None = torch's default
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: Optional[int] = None  # exactly one of warmup_steps / warmup_tokens / warmup_fraction
+    warmup_tokens: Optional[int] = None
+    warmup_fraction: Optional[float] = 0.02
+    min_lr_ratio: float = 0.1  # final lr / peak lr (cosine and wsd)
+    decay_fraction: float = 0.2  # wsd: share of training spent in the final decay
+
+
+@dataclass
+class TrainerConfig:
+    seq_len: int = 256
+    micro_batch_size: int = 8  # sequences per process per forward
+    global_batch_size: int = 16  # sequences per optimizer step, over all processes and accumulation
+    max_steps: Optional[int] = None  # exactly one of max_steps / max_tokens
+    max_tokens: Optional[int] = None
+    grad_clip: Optional[float] = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_interval: Optional[int] = 1000
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None  # null | auto | <checkpoint or run directory>
+    stop_after: Optional[int] = None  # end this session after N steps (checkpointed); resume later
+    log_interval: int = 10
+    progress_bar: bool = True
+    max_consecutive_nonfinite: int = 5
+    save_hf: bool = True
+
+
+@dataclass
+class EvalConfig:
+    interval: Optional[int] = 200  # validation every N steps (and always at the end)
+    val_tokens: int = 65536  # fixed held-out budget, the same tokens for every run
+    batch_size: int = 8
+    downstream: List[str] = field(default_factory=list)  # task names, see polycom.eval
+    downstream_limit: Optional[int] = 200  # examples per task (per subject for mmlu)
+    downstream_interval: Optional[int] = None  # steps between in-loop downstream evals (None: end only)
+    downstream_batch_size: int = 16
+    data_dir: Optional[str] = None  # local downstream sets; None = the Hugging Face Hub
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "polycom"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: Optional[str] = None
+    log_dir: str = "outputs"
+    cache_dir: str = ".cache"
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def _subdir(base: Optional[str], name: str) -> Optional[str]:
+    """``${subdir:${paths.data_dir},downstream}``: base/name, or null when base is null."""
+    return None if base in (None, "None", "null") else f"{base}/{name}"
+
+
+def register_schema() -> None:
+    """Register the schema and the ``subdir`` resolver (idempotent)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("subdir"):
+        OmegaConf.register_new_resolver("subdir", _subdir)

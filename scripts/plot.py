@@ -1,0 +1,43 @@
+"""Plot a sweep: validation-loss curves per activation (mean and band over seeds, x in tokens) and
+downstream accuracy bars.
+
+    python scripts/plot.py outputs/compare_activations/multirun/<time> [more dirs] --out-dir experiments/my-study
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from polycom.report.plots import plot_downstream_bars, plot_val_loss_curves
+from polycom.report.runs import load_runs
+
+
+def headline_metrics(rows: list[dict]) -> list[str]:
+    """The accuracy metrics present in the runs: `<task>/acc` style keys, excluding perplexities."""
+    keys = sorted({k for row in rows for k in row if "/" in k})
+    return [k for k in keys if "ppl" not in k and "perplexity" not in k]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path)
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--metrics", default=None, help="comma-separated downstream metrics (default: all accuracies)")
+    args = parser.parse_args(argv)
+    rows = load_runs(args.roots)
+    if not rows:
+        parser.error(f"no complete run (summary.json) found under {', '.join(map(str, args.roots))}")
+    out = args.out_dir or args.roots[0]
+    out.mkdir(parents=True, exist_ok=True)
+    plot_val_loss_curves(rows, out / "val_loss.png")
+    written = [out / "val_loss.png"]
+    metrics = args.metrics.split(",") if args.metrics else headline_metrics(rows)
+    if metrics:
+        plot_downstream_bars(rows, metrics, out / "downstream.png")
+        written.append(out / "downstream.png")
+    print("wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Sweep summaries: statistics on hand-made run files equal hand-computed values."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from polycom.report.stats import aggregate, paired_difference
+from scripts_loader import load_script
+
+summarize = load_script("summarize")
+plot = load_script("plot")
+
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # closed-form t quantile for 2 degrees of freedom (4.3027)
+
+
+def write_run(root, name, activation, seed, val_loss, arc, complete=True):
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {"activation": activation, "seed": seed, "val_loss": val_loss, "val_ppl": math.exp(val_loss),
+               "tokens": 1000, "num_params": 123, "steps": 10, "complete": complete, "arc_easy/acc": arc}
+    (run / "summary.json").write_text(json.dumps(summary))
+    records = [{"step": s, "tokens": 100 * s, "loss": 5.0 - s / 10, "val_loss": val_loss + (10 - s) / 10}
+               for s in (5, 10)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun"
+    for seed, (a, b) in enumerate([(3.0, 3.1), (3.2, 3.25), (3.4, 3.3)]):
+        write_run(root, f"{seed}_polynorm", "polynorm", seed, a, 0.50 + seed / 100)
+        write_run(root, f"{seed}_swiglu", "swiglu", seed, b, 0.48)
+    write_run(root, "unfinished", "polynorm", 9, 9.9, 0.1, complete=False)
+    return root
+
+
+def test_aggregate_matches_hand_computation():
+    agg = aggregate([3.0, 3.2, 3.4])
+    half = T975_DF2 * 0.2 / math.sqrt(3)
+    assert agg.n == 3 and agg.mean == pytest.approx(3.2) and agg.std == pytest.approx(0.2)
+    assert (agg.ci95_low, agg.ci95_high) == (pytest.approx(3.2 - half), pytest.approx(3.2 + half))
+    single = aggregate([1.5])
+    assert single.mean == 1.5 and math.isnan(single.std)
+
+
+def test_paired_difference_matches_hand_computation():
+    diff = paired_difference({0: 3.0, 1: 3.2, 2: 3.4, 7: 1.0}, {0: 3.1, 1: 3.25, 2: 3.3})
+    diffs = [-0.1, -0.05, 0.1]
+    mean = sum(diffs) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    t = mean / (std / math.sqrt(3))
+    p = 1 - abs(t) / math.sqrt(t * t + 2)  # two-sided p of Student's t with 2 degrees of freedom
+    assert diff.n == 3  # seed 7 has no baseline partner
+    assert diff.mean_diff == pytest.approx(mean) and diff.std_diff == pytest.approx(std)
+    assert diff.p_value == pytest.approx(p, rel=1e-6)
+
+
+def test_summarize_writes_tables_for_every_activation(sweep, tmp_path):
+    out = tmp_path / "study"
+    summarize.main([str(sweep), "--out-dir", str(out)])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 6  # the unfinished run is left out
+    assert {"activation", "seed", "val_loss", "val_ppl", "tokens", "num_params", "arc_easy/acc"} <= set(rows[0])
+    summary = {(r["activation"], r["metric"]): r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert float(summary[("polynorm", "val_loss")]["mean"]) == pytest.approx(3.2)
+    assert float(summary[("polynorm", "val_loss")]["diff_vs_baseline"]) == pytest.approx(-1 / 60)
+    assert float(summary[("polynorm", "arc_easy/acc")]["mean"]) == pytest.approx(0.51)
+    text = (out / "summary.md").read_text()
+    assert "| polynorm | 3 |" in text and "| swiglu | 3 |" in text
+
+
+def test_plot_writes_pngs(sweep, tmp_path):
+    plot.main([str(sweep), "--out-dir", str(tmp_path)])
+    for name in ("val_loss.png", "downstream.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,135 @@
+"""The training app: config composition and schema, end-to-end runs, resume, bad config keys."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO_ROOT
+from polycom.activations import ACTIVATIONS
+from polycom.train.config import register_schema
+
+register_schema()
+CONFIGS = REPO_ROOT / "configs"
+GROUPS = ["model", "activation", "data", "tokenizer", "optim", "schedule", "trainer", "eval", "logger", "paths",
+          "debug", "experiment", "hparams_search"]
+TINY = ["model=tiny", "debug=smoke", "logger=none", "tokenizer.vocab_size=512", "trainer.progress_bar=false"]
+
+
+def compose_train(overrides=(), hydra=False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def group_options():
+    for group in GROUPS:
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
+            yield group, path.stem
+
+
+@pytest.mark.parametrize("group,option", list(group_options()))
+def test_every_group_option_composes(group, option):
+    cfg = compose_train([f"{group}={option}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # interpolations resolve
+    assert cfg.model.hidden_size > 0
+
+
+def test_hydra_group_composes_with_unique_multirun_dirs():
+    cfg = compose_train(hydra=True)
+    assert "${hydra.job.num}" in OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+
+
+def test_misspelled_key_names_the_key():
+    with pytest.raises(Exception, match="max_stepz"):
+        compose_train(["trainer.max_stepz=5"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(Exception, match="max_steps"):
+        compose_train(["trainer.max_steps=lots"])
+
+
+def test_misspelled_key_in_a_yaml_file_names_the_key(tmp_path):
+    bad = tmp_path / "configs"
+    subprocess.run(["cp", "-r", str(CONFIGS), str(bad)], check=True)
+    (bad / "optim" / "adamw.yaml").write_text((bad / "optim" / "adamw.yaml").read_text() + "\nweight_decy: 0.1\n")
+    with initialize_config_dir(config_dir=str(bad), version_base="1.3"):
+        with pytest.raises(Exception, match="weight_decy"):
+            compose("train")
+
+
+def _train(tmp_path, overrides):
+    from polycom.train.trainer import train
+
+    cfg = compose_train(TINY + list(overrides))
+    return train(cfg, tmp_path)
+
+
+def _losses(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_short_run_lowers_the_loss_and_writes_summary(tmp_path, activation):
+    summary = _train(tmp_path, [f"activation={activation}", "trainer.max_steps=40", "optim.lr=5e-3",
+                                "trainer.checkpoint_interval=100", "trainer.log_interval=1"])
+    records = _losses(tmp_path)
+    losses = [r["loss"] for r in records]
+    assert records[0]["step"] == 1 and sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    for key in ("activation", "seed", "num_params", "tokens", "steps", "val_loss", "val_ppl", "wall_seconds"):
+        assert written[key] is not None, key
+    assert written["activation"] == activation and written["steps"] == 40
+    assert written["tokens"] == 40 * 8 * 128
+    assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
+    if ACTIVATIONS[activation].polycom:
+        assert "polycom/layer0/a0" in records[-1]
+
+
+def test_resume_gives_identical_per_step_losses(tmp_path):
+    common = ["trainer.max_steps=12", "trainer.log_interval=1", "trainer.checkpoint_interval=100",
+              "eval.interval=100"]
+    straight = tmp_path / "straight"
+    _train(straight, common)
+    resumed = tmp_path / "resumed"
+    _train(resumed, common + ["trainer.stop_after=6"])
+    assert json.loads((resumed / "summary.json").read_text())["complete"] is False
+    _train(resumed, common + ["trainer.resume=auto"])
+    a = [(r["step"], r["loss"]) for r in _losses(straight)]
+    b = [(r["step"], r["loss"]) for r in _losses(resumed)]
+    assert [s for s, _ in a] == list(range(1, 13)) and a == b
+    final_a = json.loads((straight / "summary.json").read_text())
+    final_b = json.loads((resumed / "summary.json").read_text())
+    assert final_a["val_loss"] == final_b["val_loss"] and final_b["steps"] == 12
+
+
+def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
+    from polycom.train.validate import ConfigError
+
+    _train(tmp_path, ["trainer.max_steps=4"])
+    with pytest.raises(ConfigError, match="trainer.resume=auto"):
+        _train(tmp_path, ["trainer.max_steps=4"])
+
+
+@pytest.mark.slow
+def test_train_py_entry_point_runs_on_the_embedded_corpus(tmp_path):
+    """`python train.py` as a user types it, through Hydra, with every output under hydra.run.dir."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "activation=polyrelu", *TINY, "trainer.max_steps=6", f"hydra.run.dir={run_dir}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["activation"] == "polyrelu" and summary["val_loss"] > 0
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_slurm"])
+def test_slurm_launcher_composes(launcher):
+    cfg = compose_train([f"hydra/launcher={launcher}"], hydra=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
