@@ -173,15 +173,22 @@ def _atomic_json(path: Path, payload: dict) -> None:
 
 def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     started = time.time()
+    launched_world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    validate_config(cfg, launched_world)
     accelerator = build_accelerator(cfg.trainer)
     world, is_main = accelerator.num_processes, accelerator.is_main_process
-    validate_config(cfg, world)
+    if world != launched_world:  # e.g. `accelerate launch --cpu` silently starting independent processes
+        raise RuntimeError(f"the launcher started {launched_world} processes but Accelerate sees {world}; on CPU "
+                           "launch with --multi_gpu and ACCELERATE_USE_CPU=true (README, several processes)")
     run_dir, resume_from = resolve_resume(cfg, Path(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
     with accelerator.main_process_first():
         tokenizer = build_tokenizer(cfg.tokenizer, cfg.data)
+    # the held-out blocks first: a data problem should surface before the model is built
+    val_blocks = validation_blocks(cfg.data, tokenizer, cfg.trainer.seq_len,
+                                   num_blocks=max(1, cfg.eval.val_tokens // cfg.trainer.seq_len))
     model_config = build_model_config(cfg, tokenizer)
     model = PolyComForCausalLM(model_config)
     counts = parameter_counts(model)
@@ -206,7 +213,6 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     stream = train_blocks(cfg.data, tokenizer, tc.seq_len, seed=cfg.seed, rank=accelerator.process_index,
                           world_size=world, start_block=start_step * blocks_per_step_per_rank)
     batches = batched(stream, tc.micro_batch_size)
-    val_blocks = validation_blocks(cfg.data, tokenizer, tc.seq_len, num_blocks=max(1, cfg.eval.val_tokens // tc.seq_len))
 
     flops_per_token = model_flops_per_token(counts["num_params_matmul"], model_config.num_hidden_layers,
                                             model_config.hidden_size, tc.seq_len)
