@@ -133,3 +133,26 @@ def test_train_py_entry_point_runs_on_the_embedded_corpus(tmp_path):
 def test_slurm_launcher_composes(launcher):
     cfg = compose_train([f"hydra/launcher={launcher}"], hydra=True)
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
+
+
+def test_wandb_offline_runs_are_named_grouped_and_never_merged(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = []
+    real_init = wandb.init
+
+    def recording_init(**kwargs):
+        run = real_init(**kwargs)
+        seen.append((run.id, run.name, kwargs["group"], kwargs["config"]["activation"]["name"]))
+        return run
+
+    monkeypatch.setattr(wandb, "init", recording_init)
+    overrides = ["logger=wandb", "logger.mode=offline", "trainer.max_steps=3", "logger.group=sweep-x"]
+    for act in ("gelu", "polynorm"):
+        _train(tmp_path / act, overrides + [f"activation={act}"])
+    assert [s[1:] for s in seen] == [("gelu-s0", "sweep-x", "gelu"), ("polynorm-s0", "sweep-x", "polynorm")]
+    assert seen[0][0] != seen[1][0]
+    for act in ("gelu", "polynorm"):
+        assert list((tmp_path / act / "wandb").glob("offline-run-*")), act

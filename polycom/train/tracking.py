@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class MetricsLogger:
         import wandb
 
         id_file = run_dir / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         mode = os.environ.get("WANDB_MODE", cfg.mode)
         return wandb.init(
