@@ -159,7 +159,8 @@ def test_batched_stacks_consecutive_blocks_and_drops_the_rest():
 @pytest.fixture(scope="module")
 def gutenberg_cfg(data_dir):
     root = OmegaConf.create({"paths": {"data_dir": str(data_dir)}})
-    root.data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(REPO_ROOT / "configs/data/gutenberg.yaml"))
+    yaml = OmegaConf.load(REPO_ROOT / "configs/data/gutenberg.yaml")
+    root.data = OmegaConf.merge(OmegaConf.structured(DataConfig), yaml)
     validate_data_config(root.data)
     root.data.tokenize_batch_size = 1  # one book per tokenizer call: the first blocks come sooner
     return root.data

@@ -68,7 +68,7 @@ def expand_files(patterns, key: str) -> List[str]:
         if _starts_with_null(pattern):
             raise ValueError(f"{key}: {pattern!r} starts with an unset directory (paths.data_dir is null): "
                              "set POLYCOM_DATA_DIR to the shared data folder (../shared/data)")
-        matched = glob(os.path.expanduser(pattern), recursive=True)
+        matched = [path for path in glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(path)]
         if not matched:
             raise ValueError(f"{key}: no file matches {pattern!r}")
         files.update(matched)

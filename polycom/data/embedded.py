@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 import sysconfig
 from pathlib import Path
 from typing import Iterator, List
@@ -47,10 +48,11 @@ def stdlib_root() -> Path:
 def stdlib_files() -> tuple:
     """Relative POSIX paths of the corpus's ``.py`` files, sorted."""
     root = stdlib_root()
-    return tuple(sorted(
-        path.relative_to(root).as_posix() for path in root.rglob("*.py")
-        if not EXCLUDED_DIRS.intersection(path.relative_to(root).parts[:-1])
-    ))
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in EXCLUDED_DIRS]  # never walk site-packages
+        files += [(Path(folder) / n).relative_to(root).as_posix() for n in names if n.endswith(".py")]
+    return tuple(sorted(files))
 
 
 @functools.lru_cache(maxsize=1)

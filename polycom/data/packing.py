@@ -90,7 +90,7 @@ class BlockStream:
         while True:
             self._dataset.set_epoch(self.epoch)
             count = self.stats.documents
-            yield from _count(self._dataset, self.stats)
+            yield from _nonempty_documents(self._dataset, self.stats)
             if self.stats.documents == count:
                 raise ValueError(f"rank {self._rank} of {self._world_size} received no non-empty training "
                                  "document (data.train_files / data.name / data.text_field)")
@@ -106,7 +106,10 @@ def train_blocks(data_cfg, tokenizer, seq_len: int, seed: int, rank: int = 0, wo
 def validation_blocks(data_cfg, tokenizer, seq_len: int, num_blocks: int) -> torch.Tensor:
     """The first ``num_blocks`` blocks of the validation documents, in source order: the same tokens for
     every run and world size. Shape ``(num_blocks, seq_len)``."""
-    documents = _count(tokenize_stream(text_stream(data_cfg, "validation"), tokenizer, data_cfg), PipelineStats())
+    if num_blocks < 1:
+        raise ValueError(f"eval.val_tokens: {num_blocks} validation blocks asked for; at least one is needed")
+    tokenized = tokenize_stream(text_stream(data_cfg, "validation"), tokenizer, data_cfg)
+    documents = _nonempty_documents(tokenized, PipelineStats())
     blocks = list(islice(pack(documents, seq_len), num_blocks))
     if len(blocks) < num_blocks:
         raise ValueError(f"eval.val_tokens: the validation data holds only {len(blocks)} blocks of {seq_len} "
@@ -125,7 +128,8 @@ def batched(block_iter: Iterable[torch.Tensor], batch_size: int) -> Iterator[tor
         yield torch.stack(blocks)
 
 
-def _count(tokenized: datasets.IterableDataset, stats: PipelineStats) -> Iterator[List[int]]:
+def _nonempty_documents(tokenized: datasets.IterableDataset, stats: PipelineStats) -> Iterator[List[int]]:
+    """The token lists of ``tokenized``, skipping (and counting) the empty ones."""
     for row in tokenized:
         ids = row["input_ids"]
         if not ids:

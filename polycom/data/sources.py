@@ -45,7 +45,7 @@ def text_stream(cfg, split: str) -> datasets.IterableDataset:
 def is_held_out(text: str, fraction: float) -> bool:
     """Whether a document belongs to the held-out fraction: a stable hash of its text, not its position,
     so the choice does not depend on file order or sharding, and duplicates land on the same side."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", errors="surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 
