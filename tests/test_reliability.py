@@ -168,7 +168,7 @@ BAD_CONFIGS = [
     (["schedule.warmup_steps=100"], "warmup", "shorter than training"),
     (["schedule.name=linear"], "schedule.name", "cosine"),
     (["trainer.global_batch_size=10"], "trainer.global_batch_size", "multiple of"),
-    (["trainer.max_tokens=1000"], "trainer.max_steps", "exactly one"),
+    (["trainer.max_steps=null", "trainer.max_tokens=null"], "trainer.max_steps", "budget"),
     (["trainer.mixed_precision=fp8"], "trainer.mixed_precision", "bf16"),
     (["trainer.device=tpu"], "trainer.device", "cuda"),
     (["data.source=ftp"], "data.source", "local"),

@@ -64,7 +64,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "cosine"  # cosine | wsd | constant
-    warmup_steps: Optional[int] = None  # exactly one of warmup_steps / warmup_tokens / warmup_fraction
+    warmup_steps: Optional[int] = None  # the first set of warmup_steps / warmup_tokens / warmup_fraction wins
     warmup_tokens: Optional[int] = None
     warmup_fraction: Optional[float] = 0.02
     min_lr_ratio: float = 0.1  # final lr / peak lr (cosine and wsd)
@@ -76,7 +76,7 @@ class TrainerConfig:
     seq_len: int = 256
     micro_batch_size: int = 8  # sequences per process per forward
     global_batch_size: int = 16  # sequences per optimizer step, over all processes and accumulation
-    max_steps: Optional[int] = None  # exactly one of max_steps / max_tokens
+    max_steps: Optional[int] = None  # the budget: max_steps if set, else max_tokens
     max_tokens: Optional[int] = None
     grad_clip: Optional[float] = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16

@@ -344,6 +344,9 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         _atomic_json(run_dir / "summary.json", summary)
         logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         logger.close(0)
+    if is_main and val_loss is not None:
+        log.info("%s: validation loss %.4f (perplexity %.2f) after %s tokens; summary in %s", run_name, val_loss,
+                 summary["val_ppl"], f"{state['tokens']:,}", run_dir / "summary.json")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary

@@ -54,9 +54,8 @@ def validate_config(cfg, world_size: int = 1) -> None:
     _check(trainer.seq_len > 1, f"trainer.seq_len={trainer.seq_len} must be > 1")
     _check(trainer.seq_len <= model.max_position_embeddings,
            f"trainer.seq_len={trainer.seq_len} exceeds model.max_position_embeddings={model.max_position_embeddings}")
-    _check((trainer.max_steps is None) != (trainer.max_tokens is None),
-           "set exactly one of trainer.max_steps and trainer.max_tokens "
-           f"(got max_steps={trainer.max_steps}, max_tokens={trainer.max_tokens})")
+    _check(trainer.max_steps is not None or trainer.max_tokens is not None,
+           "set a training budget: trainer.max_steps or trainer.max_tokens (max_steps wins when both are set)")
     budget = trainer.max_steps if trainer.max_steps is not None else trainer.max_tokens
     _check(budget > 0, f"the training budget must be > 0 (trainer.max_steps/max_tokens={budget})")
     _check(trainer.micro_batch_size > 0, f"trainer.micro_batch_size={trainer.micro_batch_size} must be > 0")
@@ -82,7 +81,6 @@ def validate_config(cfg, world_size: int = 1) -> None:
     _check(0 <= sched.min_lr_ratio <= 1, f"schedule.min_lr_ratio={sched.min_lr_ratio} must be in [0, 1]")
     _check(0 < sched.decay_fraction <= 1, f"schedule.decay_fraction={sched.decay_fraction} must be in (0, 1]")
     set_warmups = [k for k in ("warmup_steps", "warmup_tokens", "warmup_fraction") if sched[k] is not None]
-    _check(len(set_warmups) <= 1, f"set only one of schedule.{', schedule.'.join(set_warmups)}")
     steps = total_steps(trainer)
     warmup = warmup_steps_for(sched, steps, trainer.global_batch_size * trainer.seq_len)
     _check(0 <= warmup < steps or (warmup == 0),
