@@ -1,0 +1,118 @@
+"""Effective rank of FFN weights and layer-to-layer hidden-state similarity of a saved model.
+
+    python scripts/analyze.py <run dir or HF model folder> [--text-file valid.txt] [--max-tokens 16384]
+
+Writes ``analysis.json``, ``erank.png`` (per layer and matrix) and ``layer_similarity.png`` (heatmap) to
+``<dir>/analysis`` (or ``--out-dir``). Hidden states are taken on ``--text-file``, by default the
+validation split of the embedded corpus (``polycom.data.embedded``). See ``polycom.eval.analysis`` for the definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from polycom.eval.analysis import MATRIX_KINDS, ffn_effective_ranks, layer_similarity, token_blocks  # noqa: E402
+
+
+def model_folder(path: Path) -> Path:
+    """A run folder holds its model in ``hf/``; any other folder is taken as the model itself."""
+    return path / "hf" if (path / "hf" / "config.json").is_file() else path
+
+
+def default_text() -> tuple[str, str]:
+    """(text, description) of the default validation text: the embedded corpus's validation files."""
+    from polycom.data.embedded import embedded_documents, read_document
+
+    return "\n\n".join(read_document(d) for d in embedded_documents("validation")), "embedded corpus validation"
+
+
+def plot_eranks(rows: list[dict], title: str, path: Path) -> None:
+    kinds = [k for k in MATRIX_KINDS if k in rows[0]]
+    width = 0.8 / len(kinds)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) * len(kinds)), 3.5))
+    for offset, kind in enumerate(kinds):
+        xs = [r["layer"] + (offset - (len(kinds) - 1) / 2) * width for r in rows]
+        ax.bar(xs, [r[kind] for r in rows], width, label=f"{kind} (max {rows[0][f'{kind}_max']})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("effective rank")
+    ax.set_xticks([r["layer"] for r in rows])
+    ax.set_ylim(0, 1.3 * max(r[k] for r in rows for k in kinds))  # headroom for the legend
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncol=len(kinds), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_similarity(matrix: torch.Tensor, title: str, path: Path) -> None:
+    size = matrix.shape[0]
+    labels = ["emb"] + [str(i) for i in range(1, size)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.45 * size), max(4.0, 0.8 + 0.45 * size)))
+    image = ax.imshow(matrix.numpy(), vmin=min(0.0, float(matrix.min())), vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(size), labels)
+    ax.set_yticks(range(size), labels)
+    ax.set_xlabel("hidden state after layer")
+    ax.set_title(title, fontsize="medium")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="mean cosine similarity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", type=Path, help="a training run folder (model in hf/) or a Hugging Face model folder")
+    parser.add_argument("--text-file", type=Path, help="text for the hidden states (default: embedded validation)")
+    parser.add_argument("--max-tokens", type=int, default=16384, help="tokens of text to use")
+    parser.add_argument("--seq-len", type=int, default=512, help="block length (capped at the model's window)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out-dir", type=Path, help="default: <path>/analysis")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import polycom.model  # noqa: F401  registers the polycom model type with the Auto classes
+
+    folder = model_folder(args.path)
+    model = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if args.text_file:
+        text, source = args.text_file.read_text(encoding="utf-8"), str(args.text_file)
+    else:
+        text, source = default_text()
+    seq_len = min(args.seq_len, model.config.max_position_embeddings)
+    blocks = token_blocks(tokenizer, text, seq_len, args.max_tokens)
+
+    eranks = ffn_effective_ranks(model)
+    similarity = layer_similarity(model, blocks, args.batch_size)
+    layers = model.config.num_hidden_layers
+    off_diagonal = (similarity.sum() - similarity.diagonal().sum()) / (similarity.numel() - len(similarity))
+    result = {
+        "model_dir": str(folder), "activation": model.config.activation,
+        "erank": eranks,
+        "layer_similarity": {"matrix": similarity.tolist(), "mean_off_diagonal": float(off_diagonal),
+                             "adjacent": [float(similarity[i, i + 1]) for i in range(layers)],
+                             "text": source, "tokens": blocks.numel(), "seq_len": seq_len},
+    }
+    out_dir = args.out_dir or args.path / "analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = f"{model.config.activation}, {layers} layers"
+    plot_eranks(eranks, f"FFN effective rank ({name})", out_dir / "erank.png")
+    plot_similarity(similarity, f"layer similarity ({name})", out_dir / "layer_similarity.png")
+    print(f"wrote {out_dir}/analysis.json, erank.png, layer_similarity.png "
+          f"(mean off-diagonal similarity {off_diagonal:.3f})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
