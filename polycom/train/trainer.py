@@ -337,6 +337,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         "wall_seconds": wall_before + time.time() - started,
         "world_size": world,
         "run_dir": str(run_dir),
+        "code_version": code_version(),
     }
     summary.update({k: v for k, v in final_record.items() if "/" in k and not k.startswith(("polycom/", "moe/"))})
     export_hf(accelerator, model, tokenizer, run_dir, enabled=tc.save_hf and summary["complete"])
@@ -350,6 +351,21 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def code_version() -> str | None:
+    """The git commit of the code that ran (``+dirty`` with uncommitted changes), for reproducibility."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def export_hf(accelerator: Accelerator, model, tokenizer, run_dir: Path, enabled: bool) -> None:
