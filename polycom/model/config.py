@@ -20,7 +20,7 @@ def matched_ffn_width(gated_width: int, gated: bool, multiple: int) -> int:
 
 class PolyComConfig(PretrainedConfig):
     model_type = "polycom"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     vocab_size: int = 8192
     hidden_size: int = 256

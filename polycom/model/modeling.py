@@ -22,6 +22,11 @@ from polycom.model.config import PolyComConfig
 from polycom.model.layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
 
 
+# transformers renamed the KV cache argument and output field from ``past_key_values`` to ``cache`` (5.2x);
+# ``generate()`` passes whichever its version uses, so both are accepted and the output uses the current name.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
 class PolyComCausalLMOutput(CausalLMOutputWithPast):
     """``loss`` is the LM loss plus the weighted MoE losses; each part is also reported on its own."""
@@ -102,7 +107,9 @@ class PolyComModel(PolyComPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
     ):
+        past_key_values = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -184,14 +191,16 @@ class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> PolyComCausalLMOutput:
-        """``labels`` are the input ids themselves (shifted inside); -100 marks positions to ignore."""
+        """``labels`` are the input ids themselves (shifted inside); -100 marks positions to ignore. The KV cache
+        comes as ``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier)."""
         x, cache, hidden_states, router_outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -200,7 +209,7 @@ class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(x)
 
-        out = PolyComCausalLMOutput(logits=logits, past_key_values=cache if use_cache else None)
+        out = PolyComCausalLMOutput(logits=logits, **{_CACHE_FIELD: cache if use_cache else None})
         if output_hidden_states:
             out.hidden_states = tuple(hidden_states)
         if router_outputs:
