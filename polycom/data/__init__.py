@@ -11,13 +11,13 @@ from polycom.data.packing import (
     train_blocks,
     validation_blocks,
 )
-from polycom.data.sources import is_held_out, text_stream, train_stream
+from polycom.data.sources import BadRowError, is_held_out, text_stream, train_stream
 from polycom.data.tokenizer import EOS, build_tokenizer, padded_vocab_size, train_bpe
 
 __all__ = [
     "DataConfig", "TokenizerConfig", "validate_data_config",
     "embedded_corpus", "embedded_documents",
     "BlockStream", "PipelineStats", "batched", "pack", "tokenize_stream", "train_blocks", "validation_blocks",
-    "is_held_out", "text_stream", "train_stream",
+    "BadRowError", "is_held_out", "text_stream", "train_stream",
     "EOS", "build_tokenizer", "padded_vocab_size", "train_bpe",
 ]

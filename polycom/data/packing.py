@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable, Iterator, List
+from typing import Iterable, Iterator, List, Optional
 
 import datasets
 import numpy as np
@@ -17,24 +17,27 @@ from polycom.data.sources import require_text, text_stream, train_stream
 @dataclass
 class PipelineStats:
     """Counts of one stream since its start (fast-forwarded blocks included), for logging: documents
-    packed, empty or whitespace-only documents skipped, tokens packed (EOS included)."""
+    packed, empty or whitespace-only documents skipped, malformed rows skipped (``data.bad_rows=skip``:
+    invalid UTF-8 or JSON, a missing or non-string text field), tokens packed (EOS included)."""
 
     documents: int = 0
     skipped_empty: int = 0
     tokens: int = 0
+    skipped_malformed: int = 0
 
 
 def tokenize_stream(ds: datasets.IterableDataset, tokenizer, data_cfg) -> datasets.IterableDataset:
     """Replace ``text`` by ``input_ids`` (the document's tokens then EOS). Empty or whitespace-only
-    documents get no tokens at all, so the consumer can skip and count them."""
+    documents get no tokens at all (``[]``) and, with ``data.bad_rows=skip``, malformed rows (text not a
+    str) get ``None``, so the consumer can skip and count them; with ``error`` those raise ``TypeError``."""
     eos = tokenizer.eos_token_id
 
     def encode(batch: dict) -> dict:
-        texts = [require_text(text, data_cfg.text_field) for text in batch["text"]]
-        kept = [i for i, text in enumerate(texts) if text.strip()]
+        texts = [require_text(text, data_cfg.text_field, data_cfg.bad_rows) for text in batch["text"]]
+        kept = [i for i, text in enumerate(texts) if text is not None and text.strip()]
         encoded = tokenizer([texts[i] for i in kept], add_special_tokens=False, return_attention_mask=False,
                             verbose=False)["input_ids"] if kept else []
-        input_ids: List[List[int]] = [[] for _ in texts]
+        input_ids: List[Optional[List[int]]] = [None if text is None else [] for text in texts]
         for i, ids in zip(kept, encoded):
             input_ids[i] = ids + [eos]
         return {"input_ids": input_ids}
@@ -93,7 +96,9 @@ class BlockStream:
             yield from _nonempty_documents(self._dataset, self.stats)
             if self.stats.documents == count:
                 raise ValueError(f"rank {self._rank} of {self._world_size} received no non-empty training "
-                                 "document (data.train_files / data.name / data.text_field)")
+                                 "document (data.train_files / data.name / data.text_field); so far "
+                                 f"{self.stats.skipped_empty} empty documents and {self.stats.skipped_malformed} "
+                                 "malformed rows were skipped")
             self.epoch += 1
 
 
@@ -129,9 +134,12 @@ def batched(block_iter: Iterable[torch.Tensor], batch_size: int) -> Iterator[tor
 
 
 def _nonempty_documents(tokenized: datasets.IterableDataset, stats: PipelineStats) -> Iterator[List[int]]:
-    """The token lists of ``tokenized``, skipping (and counting) the empty ones."""
+    """The token lists of ``tokenized``, skipping (and counting) the malformed and the empty ones."""
     for row in tokenized:
         ids = row["input_ids"]
+        if ids is None:
+            stats.skipped_malformed += 1
+            continue
         if not ids:
             stats.skipped_empty += 1
             continue

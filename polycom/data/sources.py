@@ -1,22 +1,42 @@
 """Text sources: every source is a streaming ``datasets.IterableDataset`` with one column, ``text``.
 
-``hub`` and ``local`` go through the same ``datasets.load_dataset(..., streaming=True)`` call; only the
-arguments differ (a Hub name, or a builder ``json``/``text``/``parquet`` with ``data_files``).
-``embedded`` is the corpus in :mod:`polycom.data.embedded`.
+``hub`` and local parquet files go through the same ``datasets.load_dataset(..., streaming=True)`` call;
+only the arguments differ (a Hub name, or the ``parquet`` builder with ``data_files``). Local json/jsonl and
+txt files are read by :func:`polycom.data.rows.read_rows` in a generator dataset with one shard per file
+(as the ``json``/``text`` builders have), so shuffling and ``split_dataset_by_node`` behave the same and
+the rows of a clean file are the same, in the same order; unlike the builders, it can tell a malformed row
+(file and line) and skip it. ``embedded`` is the corpus in :mod:`polycom.data.embedded`.
+
+Malformed rows (``data.bad_rows``): with ``error`` a local one raises :class:`BadRowError` naming the file
+and line (``validate_data_config`` finds it at startup already) and a Hub row whose text is not a string
+raises ``TypeError`` naming ``data.text_field`` when it arrives. With ``skip`` such a row reaches the
+consumer as ``{"text": None}`` (Hub: whatever non-string value it holds), so that the consumer, which knows
+the stream's position and rank, skips and counts it (``PipelineStats.skipped_malformed``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import List
+import logging
+import os
+from typing import Iterator, List
 
 import datasets
 from datasets.distributed import split_dataset_by_node
 
 from polycom.data.config import builder_for, expand_files
 from polycom.data.embedded import embedded_corpus
+from polycom.data.rows import BadRow, read_rows
 
 SPLITS = ("train", "validation")
+_FEATURES = datasets.Features({"text": datasets.Value("string")})
+
+log = logging.getLogger(__name__)
+
+
+class BadRowError(ValueError, TypeError):
+    """A malformed row met while streaming with ``data.bad_rows=error``. A ``TypeError`` too, as a
+    non-string text value always was."""
 
 
 def text_stream(cfg, split: str) -> datasets.IterableDataset:
@@ -38,8 +58,15 @@ def text_stream(cfg, split: str) -> datasets.IterableDataset:
             raise ValueError("data.validation_split/validation_files/validation_fraction: no validation data")
         return train
     want_held_out = split == "validation"
-    return train.filter(lambda row: is_held_out(require_text(row["text"], cfg.text_field),
-                                                cfg.validation_fraction) == want_held_out)
+
+    def keep(row: dict) -> bool:
+        text = row["text"]
+        if not isinstance(text, str):
+            require_text(text, cfg.text_field, cfg.bad_rows)  # raises unless bad_rows=skip
+            return not want_held_out  # a malformed row stays in train, where it is skipped and counted
+        return is_held_out(text, cfg.validation_fraction) == want_held_out
+
+    return train.filter(keep)
 
 
 def is_held_out(text: str, fraction: float) -> bool:
@@ -49,10 +76,16 @@ def is_held_out(text: str, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 
-def require_text(value, field: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"data.text_field={field!r}: a document is {type(value).__name__}, not str: {value!r:.80}")
-    return value
+def require_text(value, field: str, bad_rows: str = "error"):
+    """``value`` if it is a document (a str). Otherwise raise a ``TypeError`` naming ``data.text_field``, or
+    with ``bad_rows="skip"`` return None: the row is malformed and to be skipped."""
+    if isinstance(value, str):
+        return value
+    if bad_rows == "skip":
+        return None
+    raise TypeError(f"data.text_field={field!r}: a document is {type(value).__name__}, not str: {value!r:.80}"
+                    f"{' (the row lacks the field or it is null)' if value is None else ''}; "
+                    "set data.bad_rows=skip to skip such rows")
 
 
 def local_arguments(builder: str, files: List[str], sample_by: str = "document") -> dict:
@@ -78,11 +111,48 @@ def _load_split(cfg, split: str) -> datasets.IterableDataset:
         key = "train_files" if split == "train" else "validation_files"
         files = expand_files(getattr(cfg, key), f"data.{key}")
         builder = builder_for(files[0], cfg.format)
-        arguments = local_arguments(builder, files, cfg.sample_by)
-        field = "text" if builder == "text" else cfg.text_field
+        if builder != "parquet":
+            return local_rows(files, builder, cfg, f"data.{key}")
+        arguments, field = local_arguments(builder, files), cfg.text_field
     else:
         raise ValueError(f"data.source={cfg.source!r} is not one of embedded, local, hub")
     return _only_text(load_streaming(arguments), field)
+
+
+def local_rows(files: List[str], builder: str, cfg, key: str) -> datasets.IterableDataset:
+    """The rows of local json/jsonl or txt ``files`` (one shard each) as a stream with a ``text`` column."""
+    return datasets.IterableDataset.from_generator(
+        _generate_rows, features=_FEATURES,
+        gen_kwargs={"files": list(files), "builder": builder, "field": cfg.text_field, "sample_by": cfg.sample_by,
+                    "bad_rows": cfg.bad_rows, "key": key})
+
+
+def _generate_rows(files: List[str], builder: str, field: str, sample_by: str, bad_rows: str,
+                   key: str) -> Iterator[dict]:
+    for path in files:
+        warned = False
+        for row in read_rows(path, builder, field, sample_by):
+            if not isinstance(row, BadRow):
+                yield {"text": row}
+                continue
+            if bad_rows != "skip":
+                raise BadRowError(f"{key}: {row}; fix the file or set data.bad_rows=skip to skip such rows")
+            if not warned:
+                _warn_once(key, row)
+                warned = True
+            yield {"text": None}
+
+
+_WARNED: set = set()  # files already warned about in this process: (path, size, mtime)
+
+
+def _warn_once(key: str, row: BadRow) -> None:
+    stat = os.stat(row.path)
+    memo = (os.path.abspath(row.path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _WARNED:
+        _WARNED.add(memo)
+        log.warning("%s: skipping the malformed rows of %s (data.bad_rows=skip; counted as skipped_malformed); "
+                    "the first: %s", key, row.path, row)
 
 
 def _only_text(ds: datasets.IterableDataset, field: str) -> datasets.IterableDataset:

@@ -49,7 +49,10 @@ def training_sample(data_cfg, num_chars: int) -> List[str]:
     for row in text_stream(data_cfg, "train"):
         if total >= num_chars:
             break
-        text = require_text(row["text"], data_cfg.text_field)[: num_chars - total]
+        text = require_text(row["text"], data_cfg.text_field, data_cfg.bad_rows)
+        if text is None:  # a malformed row, skipped (bad_rows=skip)
+            continue
+        text = text[: num_chars - total]
         sample.append(text)
         total += len(text)
     return sample
