@@ -229,6 +229,9 @@ class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32; position t predicts labels[t + 1]."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(shift_logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    """Mean next-token cross-entropy in fp32; position t predicts labels[t + 1].
+
+    The labels are shifted (the last position gets -100), not the logits: slicing the (batch, seq, vocab)
+    logits would copy them, and its backward would zero-fill and copy a gradient of the same size."""
+    shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100)

@@ -219,7 +219,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     peak = device_peak_flops(accelerator.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_name = f"{cfg.activation.name}-s{cfg.seed}"
-    logger = MetricsLogger(run_dir, cfg.logger, run_name, wandb_group or cfg.logger.group or cfg.task_name,
+    logger = MetricsLogger(run_dir, cfg.logger, run_name, cfg.logger.group or wandb_group or cfg.task_name,
                            {**resolved, "run_dir": str(run_dir), **counts}, enabled=is_main,
                            resume_step=start_step if resume_from is not None else None)
     if is_main:
