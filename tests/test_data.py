@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from pydoc_data.topics import topics
 
+from polycom.data.sources import split_document
 from polycom.data import (
     EOS,
     DataConfig,
@@ -195,16 +196,45 @@ def test_gutenberg_train_blocks_are_book_text(gutenberg_cfg, gutenberg_books, ti
         assert any(piece in book for book in gutenberg_books["train"].values())
 
 
+def test_gutenberg_books_are_cut_into_pieces_so_the_first_blocks_mix_many_books(gutenberg_cfg, gutenberg_books,
+                                                                                tiny_tokenizer):
+    stream = train_blocks(gutenberg_cfg, tiny_tokenizer, 128, seed=0)
+    pieces = decoded_pieces(tiny_tokenizer, [next(stream) for _ in range(256)])
+    books = {next(name for name, book in gutenberg_books["train"].items() if piece in book) for piece in pieces[:-1]}
+    assert len(books) >= 5  # ~65k characters; whole books would give one or two books
+    assert all(len(piece) <= gutenberg_cfg.max_document_chars for piece in pieces)
+
+
+@pytest.mark.parametrize("text,limit,expected", [
+    ("short", 10, ["short"]),
+    ("aaaa\n\nbbbb\n\ncccc", 10, ["aaaa\n\n", "bbbb\n\ncccc"]),  # at blank lines
+    ("aaaa\n\nbbbb\n\ncccc", 8, ["aaaa\n\n", "bbbb\n\n", "cccc"]),
+    ("aaaa\nbbbb\ncccc", 10, ["aaaa\nbbbb\n", "cccc"]),  # no blank line in reach: at a line break
+    ("abcdefghijklmnop", 6, ["abcdef", "ghijkl", "mnop"]),  # no break at all: anywhere
+])
+def test_split_document_cuts_at_paragraphs_and_keeps_every_character(text, limit, expected):
+    assert split_document(text, limit) == expected
+    assert split_document(None, 4) == [None]  # a malformed row passes through to be counted
+
+
+def test_max_document_chars_must_be_positive():
+    with pytest.raises(ValueError, match="data.max_document_chars"):
+        validate_data_config(OmegaConf.merge(OmegaConf.structured(DataConfig), {"max_document_chars": 0}))
+
+
 def test_gutenberg_validation_blocks_are_the_held_out_books(gutenberg_cfg, gutenberg_books, tiny_tokenizer):
     assert set(gutenberg_books["validation"]) == {"pg35", "pg36", "pg120", "pg174", "pg219", "pg768", "pg1661"}
     first = validation_blocks(gutenberg_cfg, tiny_tokenizer, 128, num_blocks=48)
     second = validation_blocks(gutenberg_cfg, tiny_tokenizer, 128, num_blocks=48)
     assert first.shape == (48, 128) and torch.equal(first, second)
     pieces = decoded_pieces(tiny_tokenizer, first)
-    assert sum(map(len, pieces)) > 10_000
+    assert sum(map(len, pieces)) > 9_000
     for piece in pieces:
         assert any(piece in book for book in gutenberg_books["validation"].values())
         assert not any(piece in book for book in gutenberg_books["train"].values())
+    # the books' pieces are interleaved: ~10k characters already span two books, in the files' order
+    books = [next(n for n, b in gutenberg_books["validation"].items() if p in b) for p in pieces]
+    assert books[0] == "pg35" and len(set(books)) == 2
 
 
 # ------------------------------------------------------------------------------------------- embedded

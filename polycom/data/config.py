@@ -44,7 +44,11 @@ class DataConfig:
     sample_by: str = "document"  # text files: one document per file | paragraph | line
     # Without a validation split/files: hold out this fraction of documents, chosen by a hash of their text.
     validation_fraction: float = 0.0
-    shuffle_buffer: int = 10000  # documents
+    shuffle_buffer: int = 10000  # documents (after max_document_chars splitting)
+    # Split documents longer than this many characters into pieces at paragraph (blank-line) boundaries, each
+    # piece its own document (EOS after it), before shuffling: with a corpus of whole books, a short run would
+    # otherwise see a handful of books, one after another. null: whole documents.
+    max_document_chars: Optional[int] = None
     tokenize_batch_size: int = 256  # documents per tokenizer call
     # Malformed rows (invalid UTF-8 or JSON, a missing or non-string text field): "error" stops at startup
     # naming the file and line (local files are pre-scanned; Hub rows raise when they arrive); "skip" skips
@@ -105,6 +109,8 @@ def validate_data_config(cfg) -> None:
         raise ValueError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1")
     if cfg.tokenize_batch_size < 1:
         raise ValueError(f"data.tokenize_batch_size={cfg.tokenize_batch_size} must be >= 1")
+    if cfg.max_document_chars is not None and cfg.max_document_chars < 1:
+        raise ValueError(f"data.max_document_chars={cfg.max_document_chars} must be >= 1 or null (whole documents)")
     if cfg.sample_by not in SAMPLE_BY:
         raise ValueError(f"data.sample_by={cfg.sample_by!r} is not one of {', '.join(SAMPLE_BY)}")
     if cfg.bad_rows not in BAD_ROWS:

@@ -45,9 +45,66 @@ def text_stream(cfg, split: str) -> datasets.IterableDataset:
     Without a validation split (hub) or validation files (local), ``validation`` is the fraction
     ``cfg.validation_fraction`` of the training documents chosen by ``is_held_out`` and ``train`` is the
     rest, so both are disjoint and the same on every run, machine and world size.
+
+    With ``cfg.max_document_chars`` documents are cut into pieces (``split_document``); the validation pieces
+    are then interleaved across documents (``_interleaved_pieces``).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    ds = _documents(cfg, split)
+    if cfg.max_document_chars is None:
+        return ds
+    limit = cfg.max_document_chars
+    if split == "validation":
+        return datasets.IterableDataset.from_generator(
+            _interleaved_pieces, features=_FEATURES, gen_kwargs={"documents": ds, "max_chars": limit})
+    return ds.map(lambda batch: {"text": [piece for text in batch["text"] for piece in split_document(text, limit)]},
+                  batched=True, batch_size=16)
+
+
+VALIDATION_INTERLEAVE = 16  # documents whose pieces are interleaved in the validation stream
+
+
+def _interleaved_pieces(documents: datasets.IterableDataset, max_chars: int) -> Iterator[dict]:
+    """The pieces of the validation documents taken round-robin over groups of ``VALIDATION_INTERLEAVE``
+    documents (first piece of each, then the second, ...), so a validation budget smaller than the split
+    covers several documents (all seven held-out books of ``data=gutenberg``), not the first one only."""
+    group: list = []
+    for row in documents:
+        group.append(split_document(row["text"], max_chars))
+        if len(group) == VALIDATION_INTERLEAVE:
+            yield from _round_robin(group)
+            group = []
+    yield from _round_robin(group)
+
+
+def _round_robin(groups: list) -> Iterator[dict]:
+    for i in range(max(map(len, groups), default=0)):
+        for pieces in groups:
+            if i < len(pieces):
+                yield {"text": pieces[i]}
+
+
+def split_document(text, max_chars: int) -> List:
+    """``text`` cut into consecutive pieces of at most ``max_chars`` characters, at paragraph boundaries (a blank
+    line) where possible, else at line breaks, else anywhere; the pieces joined again give ``text``. Non-strings
+    (malformed rows) pass through unchanged for the consumer to count."""
+    if not isinstance(text, str) or len(text) <= max_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = text.rfind("\n\n", start + 1, end)
+        cut = cut + 2 if cut > start else text.rfind("\n", start + 1, end) + 1
+        if cut <= start:
+            cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _documents(cfg, split: str) -> datasets.IterableDataset:
     if cfg.source == "embedded":
         return embedded_corpus(split)
     if split == "validation" and _has_validation_data(cfg):
