@@ -1,6 +1,6 @@
 """Effective rank of FFN weights and layer-to-layer hidden-state similarity of a saved model.
 
-    python scripts/analyze.py <run dir or HF model folder> [--text-file valid.txt] [--max-tokens 16384]
+    python scripts/analyze.py <run dir or HF model folder> [--text-file valid.txt|valid.jsonl] [--max-tokens 16384]
 
 Writes ``analysis.json``, ``erank.png`` (per layer and matrix) and ``layer_similarity.png`` (heatmap) to
 ``<dir>/analysis`` (or ``--out-dir``). Hidden states are taken on ``--text-file``, by default the
@@ -32,6 +32,15 @@ def default_text() -> tuple[str, str]:
     from polycom.data.embedded import embedded_documents, read_document
 
     return "\n\n".join(read_document(d) for d in embedded_documents("validation")), "embedded corpus validation"
+
+
+def read_text_file(path: Path) -> str:
+    """A plain text file as it is; a .jsonl file (e.g. the Gutenberg validation books) as its ``text`` fields
+    joined by blank lines."""
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            return "\n\n".join(json.loads(line)["text"] for line in f if line.strip())
+    return path.read_text(encoding="utf-8")
 
 
 def plot_eranks(rows: list[dict], title: str, path: Path) -> None:
@@ -70,7 +79,8 @@ def plot_similarity(matrix: torch.Tensor, title: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="a training run folder (model in hf/) or a Hugging Face model folder")
-    parser.add_argument("--text-file", type=Path, help="text for the hidden states (default: embedded validation)")
+    parser.add_argument("--text-file", type=Path,
+                        help="text (.txt, or .jsonl with a 'text' field) for the hidden states (default: embedded validation)")
     parser.add_argument("--max-tokens", type=int, default=16384, help="tokens of text to use")
     parser.add_argument("--seq-len", type=int, default=512, help="block length (capped at the model's window)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if args.text_file:
-        text, source = args.text_file.read_text(encoding="utf-8"), str(args.text_file)
+        text, source = read_text_file(args.text_file), str(args.text_file)
     else:
         text, source = default_text()
     seq_len = min(args.seq_len, model.config.max_position_embeddings)

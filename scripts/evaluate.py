@@ -54,7 +54,8 @@ def main(cfg: DictConfig) -> None:
     model, tokenizer = load_model(model_dir, cfg.device)
     started = time.perf_counter()
     results = evaluate_tasks(model, tokenizer, list(cfg.tasks), limit=cfg.limit, data_dir=cfg.data_dir,
-                             batch_size=cfg.batch_size, skip_bad_rows=cfg.skip_bad_rows)
+                             batch_size=cfg.batch_size, skip_bad_rows=cfg.skip_bad_rows,
+                             too_long=cfg.too_long)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"model_dir": str(model_dir), "config": OmegaConf.to_container(cfg, resolve=True),
               "seconds": round(time.perf_counter() - started, 2), "tasks": results}

@@ -123,3 +123,9 @@ def test_analyze_script_writes_json_and_plots(tmp_path, make_tiny_model, tiny_to
     assert written["layer_similarity"]["tokens"] == 512 and len(written["layer_similarity"]["matrix"]) == 3
     for png in ("erank.png", "layer_similarity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_reads_the_text_fields_of_a_jsonl_file(tmp_path):
+    path = tmp_path / "books.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "First book."}) + "\n\n" + json.dumps({"text": "Second."}) + "\n")
+    assert load_script("analyze").read_text_file(path) == "First book.\n\nSecond."

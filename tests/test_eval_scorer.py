@@ -16,6 +16,7 @@ from torch import nn
 from conftest import REPO_ROOT
 from polycom.eval import Example, Request, evaluate_tasks, load_examples, score_requests
 from polycom.eval.metrics import task_results
+from polycom.eval.scorer import encode_requests
 from polycom.eval.tasks import get_task
 
 
@@ -72,7 +73,7 @@ def test_uniform_model_scores_are_minus_tokens_times_log_vocab(tiny_tokenizer):
 def test_tokenization_follows_lm_eval(tiny_tokenizer):
     """Trailing context whitespace moves into the continuation; the continuation is the tail of the whole
     encoding; an empty context becomes the BOS/EOS token."""
-    from polycom.eval.scorer import encode_request
+    from polycom.eval.scorer import encode_requests, encode_request
 
     assert encode_request(tiny_tokenizer, Request("The cat ", "sat")) == encode_request(
         tiny_tokenizer, Request("The cat", " sat"))
@@ -187,9 +188,24 @@ def test_left_truncation_keeps_the_continuation(make_tiny_model, tiny_tokenizer)
 def test_continuation_longer_than_the_window_is_an_error_naming_the_task(data_dir, make_tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="does not fit the model's window of 8"):
         score_requests(make_tiny_model(), tiny_tokenizer, [Request("a", " " + "word " * 20)], max_length=8)
-    with pytest.raises(ValueError, match="^piqa: a continuation of .* window of 16"):
+    with pytest.raises(ValueError, match="^piqa: example 0 has a continuation of .* window of 16"):
         evaluate_tasks(make_tiny_model(), tiny_tokenizer, ["piqa"], limit=3, data_dir=data_dir / "downstream",
-                       max_length=16)
+                       max_length=16, too_long="error")
+
+
+def test_examples_with_an_answer_longer_than_the_window_are_left_out_and_counted(data_dir, make_tiny_model,
+                                                                                 tiny_tokenizer):
+    downstream, window = data_dir / "downstream", 24
+    examples, _ = load_examples(get_task("piqa"), downstream, 40)
+    too_long = [max(len(tokens) for _, tokens in encode_requests(tiny_tokenizer, e.requests)) > window
+                for e in examples]
+    assert 0 < sum(too_long) < 40  # the window is chosen so that some, not all, answers are too long
+    result = evaluate_tasks(make_tiny_model(), tiny_tokenizer, ["piqa"], limit=40, data_dir=downstream,
+                            max_length=window)["piqa"]
+    assert result["too_long"] == sum(too_long) and result["n"] == 40 - sum(too_long)
+    assert [e["gold"] for e in result["examples"]] == [e.gold for e, drop in zip(examples, too_long) if not drop]
+    assert evaluate_tasks(make_tiny_model(), tiny_tokenizer, ["piqa"], limit=40,
+                          data_dir=downstream)["piqa"]["too_long"] == 0
 
 
 def real_requests(data_dir) -> list[Request]:

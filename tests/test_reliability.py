@@ -180,6 +180,9 @@ BAD_CONFIGS = [
     (["eval.val_tokens=10"], "eval.val_tokens", "trainer.seq_len"),
     (["logger.name=tensorboard"], "logger.name", "wandb"),
     (["logger.mode=sometimes"], "logger.mode", "offline"),
+    (["eval.downstream=[arc_easy,typo_task]"], "eval.downstream", "arc_easy"),
+    (["eval.downstream=[piqa]", "eval.data_dir=/nonexistent"], "eval.data_dir", "piqa"),
+    (["eval.downstream=[piqa]", "eval.downstream_too_long=truncate"], "eval.downstream_too_long", "skip"),
 ]
 
 

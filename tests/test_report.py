@@ -75,3 +75,30 @@ def test_plot_writes_pngs(sweep, tmp_path):
     plot.main([str(sweep), "--out-dir", str(tmp_path)])
     for name in ("val_loss.png", "downstream.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+collect_runs = load_script("collect_runs")
+
+
+def test_collect_runs_copies_the_small_files_of_complete_runs_in_parts(sweep, tmp_path):
+    out = tmp_path / "study" / "runs"
+    for part in ("0_polynorm", "0_swiglu"):  # a sweep collected part by part
+        collect_runs.main([str(sweep / part), "--out-dir", str(out)])
+    collect_runs.main([str(sweep), "--out-dir", str(out)])
+    collect_runs.main([str(sweep), "--out-dir", str(out)])  # again: the same runs, nothing changes
+    assert sorted(p.name for p in out.iterdir()) == [f"{a}-s{s}" for a in ("polynorm", "swiglu") for s in range(3)]
+    assert sorted(p.name for p in (out / "polynorm-s2").iterdir()) == ["metrics.jsonl", "summary.json"]
+    summarize.main([str(out), "--out-dir", str(tmp_path / "study")])
+    summary = {(r["activation"], r["metric"]): r for r in csv.DictReader(open(tmp_path / "study" / "summary.csv"))}
+    assert float(summary[("polynorm", "val_loss")]["mean"]) == pytest.approx(3.2)
+
+
+def test_collect_runs_refuses_to_overwrite_another_run(sweep, tmp_path):
+    out = tmp_path / "runs"
+    collect_runs.main([str(sweep), "--out-dir", str(out)])
+    other = tmp_path / "other"
+    write_run(other, "x", "polynorm", 0, 2.0, 0.6)
+    summary = json.loads((other / "x" / "summary.json").read_text())
+    (other / "x" / "summary.json").write_text(json.dumps({**summary, "run_dir": "/elsewhere"}))
+    with pytest.raises(SystemExit, match="already holds"):
+        collect_runs.main([str(other), "--out-dir", str(out)])

@@ -90,6 +90,31 @@ def test_short_run_lowers_the_loss_and_writes_summary(tmp_path, activation):
         assert "polycom/layer0/a0" in records[-1]
 
 
+def test_in_loop_downstream_metrics_reach_metrics_and_summary(tmp_path, data_dir):
+    summary = _train(tmp_path, ["trainer.max_steps=4", "eval.downstream=[arc_easy,blimp]",
+                                "eval.downstream_limit=4", "eval.downstream_interval=2",
+                                f"eval.data_dir={data_dir / 'downstream'}"])
+    with_downstream = [r for r in _losses(tmp_path) if "arc_easy/acc" in r]
+    assert [r["step"] for r in with_downstream] == [2, 4]
+    assert 0 <= summary["arc_easy/acc"] <= 1 and 0 <= summary["blimp/acc"] <= 1
+    assert summary["arc_easy/acc"] == with_downstream[-1]["arc_easy/acc"]
+
+
+def test_failing_downstream_eval_keeps_checkpoint_model_and_summary_then_fails(tmp_path, data_dir, monkeypatch):
+    import polycom.eval
+
+    def broken(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(polycom.eval, "evaluate_tasks", broken)
+    with pytest.raises(RuntimeError, match="downstream evaluation failed.*disk gone"):
+        _train(tmp_path, ["trainer.max_steps=4", "eval.downstream=[arc_easy]",
+                          f"eval.data_dir={data_dir / 'downstream'}"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] and summary["val_loss"] is not None and "disk gone" in summary["downstream_error"]
+    assert (tmp_path / "hf" / "model.safetensors").exists() and list((tmp_path / "checkpoints").glob("step_*4"))
+
+
 def test_resume_gives_identical_per_step_losses(tmp_path):
     common = ["trainer.max_steps=12", "trainer.log_interval=1", "trainer.checkpoint_interval=100",
               "eval.interval=100"]

@@ -26,18 +26,20 @@ _WINDOW_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
 def score_requests(model, tokenizer, requests: Sequence[Request], batch_size: int = 16,
-                   max_length: int | None = None, accelerator=None) -> list[tuple[float, bool]]:
+                   max_length: int | None = None, accelerator=None,
+                   encoded: Sequence[tuple[list[int], list[int]]] | None = None) -> list[tuple[float, bool]]:
     """``(sum of log P(continuation tokens), whether every continuation token is the argmax)`` per request,
-    in the order given.
+    in the order given. ``encoded``: the requests already encoded (``encode_requests``), to skip tokenizing.
 
     With an ``accelerator`` of several processes, rank r scores requests r, r + world, ... and the shares
     are gathered, so every rank returns the full list."""
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     window = max_length or model_window(model, tokenizer)
-    share = list(requests[rank::world])
-    encoded = encode_requests(tokenizer, share)
-    local = _score_encoded(model, encoded, batch_size, window)
+    if encoded is not None and len(encoded) != len(requests):
+        raise ValueError(f"{len(encoded)} encoded requests for {len(requests)} requests")
+    share = list(encoded[rank::world]) if encoded is not None else encode_requests(tokenizer, requests[rank::world])
+    local = _score_encoded(model, share, batch_size, window)
     if world == 1:
         return local
     from accelerate.utils import gather_object
@@ -64,9 +66,10 @@ def model_window(model, tokenizer=None) -> int:
     return DEFAULT_WINDOW
 
 
-def encode_requests(tokenizer, requests: Sequence[Request]) -> list[tuple[list[int], list[int]]]:
+def encode_requests(tokenizer, requests: Sequence[Request],
+                    context_cache: dict | None = None) -> list[tuple[list[int], list[int]]]:
     """``(context tokens, continuation tokens)`` per request; shared contexts are encoded once."""
-    context_cache: dict[str, list[int]] = {}
+    context_cache = {} if context_cache is None else context_cache
     return [encode_request(tokenizer, r, context_cache) for r in requests]
 
 

@@ -101,6 +101,8 @@ class EvalConfig:
     downstream_limit: Optional[int] = 200  # examples per task (per subject for mmlu)
     downstream_interval: Optional[int] = None  # steps between in-loop downstream evals (None: end only)
     downstream_batch_size: int = 16
+    # an example whose answer alone is longer than the model's window: skip (left out and counted) | error
+    downstream_too_long: str = "skip"
     data_dir: Optional[str] = None  # local downstream sets; None = the Hugging Face Hub
 
 

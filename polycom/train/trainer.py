@@ -236,7 +236,8 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
 
         results = evaluate_tasks(accelerator.unwrap_model(model), tokenizer, list(cfg.eval.downstream),
                                  limit=cfg.eval.downstream_limit, data_dir=cfg.eval.data_dir,
-                                 batch_size=cfg.eval.downstream_batch_size, accelerator=accelerator)
+                                 batch_size=cfg.eval.downstream_batch_size, accelerator=accelerator,
+                                 too_long=cfg.eval.downstream_too_long)
         return flatten_metrics(results)
 
     progress = tqdm(total=steps, initial=start_step, disable=not (is_main and tc.progress_bar), desc=run_name,
@@ -245,6 +246,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     consecutive_nonfinite = 0
     window_start, window_tokens = time.time(), 0
     val_loss = None
+    downstream_error = None
     exit_code = 1
     try:
         for step in range(start_step, steps):
@@ -296,7 +298,12 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
                                "val_ppl": math.exp(min(val_loss, 50.0))})
             ds_interval = cfg.eval.downstream_interval
             if cfg.eval.downstream and ((ds_interval and state["step"] % ds_interval == 0) or last):
-                record.update(evaluate_downstream())
+                record.update({"step": state["step"], "tokens": state["tokens"]})
+                try:
+                    record.update(evaluate_downstream())
+                except Exception as err:  # keep training, checkpoint and summary; fail loudly at the end
+                    log.exception("step %d: downstream evaluation failed", state["step"])
+                    downstream_error = f"step {state['step']}: {type(err).__name__}: {err}"
             if record:
                 record.setdefault("loss", accelerator.reduce(lm_loss, reduction="mean").item())
                 logger.log(record)
@@ -339,6 +346,8 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         "run_dir": str(run_dir),
         "code_version": code_version(),
     }
+    if downstream_error:
+        summary["downstream_error"] = downstream_error
     summary.update({k: v for k, v in final_record.items() if "/" in k and not k.startswith(("polycom/", "moe/"))})
     export_hf(accelerator, model, tokenizer, run_dir, enabled=tc.save_hf and summary["complete"])
     if is_main:
@@ -350,6 +359,9 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
                  summary["val_ppl"], f"{state['tokens']:,}", run_dir / "summary.json")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if downstream_error:
+        raise RuntimeError(f"downstream evaluation failed ({downstream_error}); the run's checkpoint, model and "
+                           f"summary are in {run_dir}: evaluate it with scripts/evaluate.py run_dir={run_dir}")
     return summary
 
 

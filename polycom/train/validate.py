@@ -96,6 +96,20 @@ def validate_config(cfg, world_size: int = 1) -> None:
 
         unknown = [t for t in ev.downstream if t not in TASKS]
         _check(not unknown, f"eval.downstream has unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+        from polycom.eval.downstream import TOO_LONG
+
+        _check(ev.downstream_too_long in TOO_LONG,
+               f"eval.downstream_too_long={ev.downstream_too_long!r}; valid: {', '.join(TOO_LONG)}")
+        if ev.data_dir is not None:  # local sets: all present now, not at the end of training
+            from polycom.eval.sources import local_path
+            from polycom.eval.tasks import get_task
+
+            for name in ev.downstream:
+                for source in get_task(name).sources:
+                    try:
+                        local_path(name, source, ev.data_dir)
+                    except FileNotFoundError as err:
+                        raise ConfigError(f"eval.data_dir: {err} (set eval.data_dir=null to read the Hub)") from err
 
     _check(cfg.logger.name in LOGGERS, f"logger.name={cfg.logger.name!r}; valid: {', '.join(LOGGERS)}")
     _check(cfg.logger.mode in WANDB_MODES, f"logger.mode={cfg.logger.mode!r}; valid: {', '.join(WANDB_MODES)}")
