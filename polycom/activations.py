@@ -482,6 +482,25 @@ def polynorm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return out
 
 
+class OfficialPolyNorm(nn.Module):
+    """PolyNorm as the official README writes it (order 3): three powers, three RMS norms, autograd keeps every
+    intermediate. The layout ``PolyNorm`` matches (its state dicts load into ``PolyNorm``); the benchmark's
+    ``polynorm_naive`` reference."""
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3) / 3)
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.eps = eps
+
+    def _norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x):
+        return (self.weight[0] * self._norm(x**3) + self.weight[1] * self._norm(x**2)
+                + self.weight[2] * self._norm(x) + self.bias)
+
+
 def polyrelu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     order = weight.shape[0]
     r = F.relu(x)

@@ -42,9 +42,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from polycom.activations import ACTIVATIONS, BACKENDS, set_activation_backend
+from polycom.activations import ACTIVATIONS, BACKENDS, OfficialPolyNorm, set_activation_backend
 from polycom.model import PolyComConfig, PolyComForCausalLM
-from polycom.train.metrics import device_peak_flops, flops_param_count, measure_cpu_peak_flops, mfu, \
+from polycom.train.metrics import cpu_model, device_peak_flops, flops_param_count, measure_cpu_peak_flops, mfu, \
     model_flops_per_token
 from polycom.train.optim import build_optimizer
 
@@ -55,34 +55,7 @@ MODEL_SIZES = {  # d_model, layers, heads, gated (SwiGLU) FFN width
 REFERENCES = ("llama_swiglu", "polynorm_naive")
 
 
-class NaivePolyNorm(nn.Module):
-    """PolyNorm as in the official README: three powers, three RMS norms, autograd keeps everything."""
-
-    def __init__(self, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(3) / 3)
-        self.bias = nn.Parameter(torch.zeros(1))
-        self.eps = eps
-
-    def _norm(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-
-    def forward(self, x):
-        return (self.weight[0] * self._norm(x**3) + self.weight[1] * self._norm(x**2)
-                + self.weight[2] * self._norm(x) + self.bias)
-
-
 # ---- machine -------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict:
     info = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -200,9 +173,10 @@ def llama_model(args) -> nn.Module:
 
 
 def naive_polynorm_model(args) -> PolyComForCausalLM:
+    """Our PolyNorm model with each activation swapped for ``OfficialPolyNorm`` (the official README's code)."""
     model = polycom_model("polynorm", args)
     for layer in model.model.layers:
-        naive = NaivePolyNorm(layer.mlp.act.eps)
+        naive = OfficialPolyNorm(layer.mlp.act.eps)
         naive.load_state_dict(layer.mlp.act.state_dict())
         layer.mlp.act = naive
     return model

@@ -11,6 +11,7 @@ from torch import nn
 from polycom.activations import (
     ACTIVATIONS,
     BACKENDS,
+    OfficialPolyNorm,
     MAX_ORDER,
     MIN_ORDER,
     PolyNorm,
@@ -225,23 +226,6 @@ def test_autocast_bf16_fp32_internals(cls):
 
 
 # ---- parameters ------------------------------------------------------------------------------------------------
-class OfficialPolyNorm(nn.Module):
-    """PolyNorm as written in the paper / official code: three powers, three RMS norms, weight ones(3)/3."""
-
-    def __init__(self, eps=1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(3) / 3)
-        self.bias = nn.Parameter(torch.zeros(1))
-        self.eps = eps
-
-    def _norm(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-
-    def forward(self, x):
-        return (self.weight[0] * self._norm(x**3) + self.weight[1] * self._norm(x**2)
-                + self.weight[2] * self._norm(x) + self.bias)
-
-
 def test_official_state_dict_loads_unchanged():
     official = OfficialPolyNorm()
     ours = PolyNorm(3)

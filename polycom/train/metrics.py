@@ -109,7 +109,8 @@ def cuda_peak_flops_by_name(name: str) -> float | None:
 
 
 # ---- CPU: measured peak ----------------------------------------------------------------------------------------
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -125,7 +126,7 @@ def _cache_path() -> Path:
 
 
 def _cache_key(size: int, threads: int) -> str:
-    return f"{platform.node()}|{_cpu_model()}|cpus={os.cpu_count()}|torch={torch.__version__}|threads={threads}|n={size}"
+    return f"{platform.node()}|{cpu_model()}|cpus={os.cpu_count()}|torch={torch.__version__}|threads={threads}|n={size}"
 
 
 def _read_cache(path: Path) -> dict:
