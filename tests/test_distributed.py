@@ -5,6 +5,7 @@ DESIGN §6: `accelerate launch --cpu --num_processes 2` starts only one process,
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -42,12 +43,20 @@ def test_two_processes_disjoint_data_and_averaged_gradients(tmp_path, tiny_token
 
 
 @pytest.mark.slow
-def test_train_py_under_two_processes(tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "moe_tiny"])
+def test_train_py_under_two_processes(tmp_path, model):
     run_dir = tmp_path / "run"
-    cmd = [*LAUNCH, "train.py", "model=tiny", "debug=smoke", "logger=none", "tokenizer.vocab_size=512",
-           "trainer.max_steps=6", "trainer.checkpoint_interval=3", f"hydra.run.dir={run_dir}"]
+    cmd = [*LAUNCH, "train.py", f"model={model}", "debug=smoke", "logger=none", "tokenizer.vocab_size=512",
+           "trainer.max_steps=6", "trainer.checkpoint_interval=3", "trainer.log_interval=3", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6 and summary["val_loss"] > 0
     assert (run_dir / "checkpoints" / "step_00000006" / "MANIFEST.json").exists()
+    if model == "moe_tiny":
+        assert summary["num_params_active"] < summary["num_params"]
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["load_balance_loss"] > 0 and last["router_z_loss"] > 0
+        for layer in range(2):
+            assert 0 <= last[f"moe/layer{layer}/load_min"] <= 1 / 8 <= last[f"moe/layer{layer}/load_max"]
+            assert 0 < last[f"moe/layer{layer}/load_entropy"] <= math.log(8) + 1e-6
