@@ -16,7 +16,7 @@ from polycom.report.runs import load_runs
 def headline_metrics(rows: list[dict]) -> list[str]:
     """The accuracy metrics present in the runs: `<task>/acc` style keys, excluding perplexities."""
     keys = sorted({k for row in rows for k in row if "/" in k})
-    return [k for k in keys if "ppl" not in k and "perplexity" not in k]
+    return [k for k in keys if "ppl" not in k and "perplexity" not in k and not k.startswith("analysis/")]
 
 
 def main(argv=None) -> None:

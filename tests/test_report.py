@@ -102,3 +102,17 @@ def test_collect_runs_refuses_to_overwrite_another_run(sweep, tmp_path):
     (other / "x" / "summary.json").write_text(json.dumps({**summary, "run_dir": "/elsewhere"}))
     with pytest.raises(SystemExit, match="already holds"):
         collect_runs.main([str(other), "--out-dir", str(out)])
+
+
+def test_the_analyses_of_a_run_become_its_analysis_metrics(sweep, tmp_path):
+    analysis = {"erank": [{"layer": 0, "up": 10.0, "up_max": 64, "down": 4.0},
+                          {"layer": 1, "up": 20.0, "up_max": 64, "down": 6.0}],
+                "layer_similarity": {"mean_off_diagonal": 0.25, "adjacent": [0.5, 0.7]}}
+    (sweep / "0_polynorm" / "analysis").mkdir()
+    (sweep / "0_polynorm" / "analysis" / "analysis.json").write_text(json.dumps(analysis))
+    rows = {(r["activation"], r["seed"]): r for r in summarize.load_runs([sweep])}
+    assert rows[("polynorm", 0)]["analysis/erank_up"] == 15.0 and rows[("polynorm", 0)]["analysis/erank_down"] == 5.0
+    assert rows[("polynorm", 0)]["analysis/similarity_off_diagonal"] == 0.25
+    assert rows[("polynorm", 0)]["analysis/similarity_adjacent"] == pytest.approx(0.6)
+    assert "analysis/erank_up" not in rows[("polynorm", 1)]
+    assert "analysis/erank_up" not in plot.headline_metrics(list(rows.values()))

@@ -25,6 +25,29 @@ def downstream_columns(summary: dict) -> list[str]:
     return sorted(k for k, v in summary.items() if "/" in k and isinstance(v, (int, float)))
 
 
+def analysis_metrics(run_dir: Path) -> dict:
+    """The paper's analyses of a run as ``analysis/<name>`` metrics when ``<run_dir>/analysis/analysis.json``
+    (``scripts/analyze.py``) exists: each FFN matrix kind's effective rank averaged over layers
+    (``analysis/erank_up``, ``_down``, ``_gate``), and the mean cosine similarity of hidden states between
+    different layers (``analysis/similarity_off_diagonal``) and between adjacent ones (``_adjacent``)."""
+    path = Path(run_dir) / "analysis" / "analysis.json"
+    if not path.is_file():
+        return {}
+    analysis = json.loads(path.read_text())
+    metrics = {}
+    rows = analysis.get("erank", [])
+    for kind in ("gate", "up", "down"):
+        values = [row[kind] for row in rows if kind in row]
+        if values:
+            metrics[f"analysis/erank_{kind}"] = sum(values) / len(values)
+    similarity = analysis.get("layer_similarity", {})
+    if "mean_off_diagonal" in similarity:
+        metrics["analysis/similarity_off_diagonal"] = similarity["mean_off_diagonal"]
+    if similarity.get("adjacent"):
+        metrics["analysis/similarity_adjacent"] = sum(similarity["adjacent"]) / len(similarity["adjacent"])
+    return metrics
+
+
 def load_runs(roots: list[Path]) -> list[dict]:
     rows = []
     for run_dir in find_run_dirs(roots):
@@ -32,6 +55,7 @@ def load_runs(roots: list[Path]) -> list[dict]:
         row = {k: summary.get(k) for k in BASE_COLUMNS}
         row["run_dir"] = str(run_dir)
         row.update({k: summary[k] for k in downstream_columns(summary)})
+        row.update(analysis_metrics(run_dir))
         rows.append(row)
     return rows
 

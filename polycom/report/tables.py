@@ -9,7 +9,8 @@ from pathlib import Path
 from polycom.activations import ACTIVATIONS
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
-LOWER_IS_BETTER = ("val_loss", "val_ppl")
+# "better" for the significance marks; for the layer similarity, the paper's reading (less alike layers)
+LOWER_IS_BETTER = ("val_loss", "val_ppl", "analysis/similarity_off_diagonal", "analysis/similarity_adjacent")
 
 
 def metric_columns(rows: list[dict]) -> list[str]:
