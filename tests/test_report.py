@@ -68,7 +68,7 @@ def test_summarize_writes_tables_for_every_activation(sweep, tmp_path):
     assert float(summary[("polynorm", "val_loss")]["diff_vs_baseline"]) == pytest.approx(-1 / 60)
     assert float(summary[("polynorm", "arc_easy/acc")]["mean"]) == pytest.approx(0.51)
     text = (out / "summary.md").read_text()
-    assert "| polynorm | 3 |" in text and "| swiglu | 3 |" in text
+    assert "| metric | swiglu (n=3) | polynorm (n=3) |" in text and "| 3.2000 ± 0.2000 [" in text
 
 
 def test_plot_writes_pngs(sweep, tmp_path):

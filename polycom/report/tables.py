@@ -56,27 +56,28 @@ def write_summary_csv(summary: list[dict], path: Path) -> None:
 
 
 def markdown(summary: list[dict], baseline: str) -> str:
-    """Two tables: mean ± std [95% CI] per activation and metric; paired differences vs the baseline."""
+    """Two tables, a row per metric and a column per activation: mean ± std [95% CI] over seeds, then the
+    paired difference to the baseline (same seed) with its 95% interval and paired t-test p."""
     metrics = list(dict.fromkeys(r["metric"] for r in summary))
     acts = list(dict.fromkeys(r["activation"] for r in summary))
     cell = {(r["activation"], r["metric"]): r for r in summary}
-    lines = ["| activation | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for act in acts:
-        n = max(cell[(act, m)]["n"] for m in metrics if (act, m) in cell)
+    seeds = [max(cell[(a, m)]["n"] for m in metrics if (a, m) in cell) for a in acts]
+    header = "| metric | " + " | ".join(f"{a} (n={n})" for a, n in zip(acts, seeds)) + " |"
+    lines = [header, "|---|" + "---:|" * len(acts)]
+    for m in metrics:
         cells = []
-        for m in metrics:
+        for act in acts:
             r = cell.get((act, m))
             cells.append("–" if r is None else
                          f"{_fmt(r['mean'])} ± {_fmt(r['std'])} [{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]")
-        lines.append(f"| {act} | {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    others = [a for a in acts if a != baseline]
     lines += ["", f"Paired difference vs {baseline} (same seed; activation − {baseline}), "
               "mean [95% CI], paired t-test p:", "",
-              "| activation | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for act in acts:
-        if act == baseline:
-            continue
+              "| metric | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
+    for m in metrics:
         cells = []
-        for m in metrics:
+        for act in others:
             r = cell.get((act, m), {})
             if "diff_vs_baseline" not in r:
                 cells.append("–")
@@ -85,7 +86,7 @@ def markdown(summary: list[dict], baseline: str) -> str:
             mark = "*" if r["p_value"] < 0.05 and better else ("†" if r["p_value"] < 0.05 else "")
             cells.append(f"{r['diff_vs_baseline']:+.4f} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
                          f"p={_fmt(r['p_value'], 3)}{mark}")
-        lines.append(f"| {act} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05 (no correction for multiple "
               "comparisons). Values are mean ± sample std over seeds, with a t-based 95% interval."]
     return "\n".join(lines) + "\n"
