@@ -7,6 +7,7 @@ import math
 import pytest
 
 from polycom.report.stats import aggregate, paired_difference
+from polycom.report.tables import lower_is_better, markdown, summary_rows
 from scripts_loader import load_script
 
 summarize = load_script("summarize")
@@ -69,6 +70,24 @@ def test_summarize_writes_tables_for_every_activation(sweep, tmp_path):
     assert float(summary[("polynorm", "arc_easy/acc")]["mean"]) == pytest.approx(0.51)
     text = (out / "summary.md").read_text()
     assert "| metric | swiglu (n=3) | polynorm (n=3) |" in text and "| 3.2000 ± 0.2000 [" in text
+
+
+def test_significance_marks_follow_each_metrics_direction():
+    """Lower perplexity (any task's) is better, higher accuracy is better: the marks must say so."""
+    rows = []
+    for seed, (ppl, acc) in enumerate([(10.0, 0.60), (11.0, 0.62), (12.5, 0.61)]):
+        rows.append({"activation": "polynorm", "seed": seed, "val_loss": 3.0 + seed / 10, "val_ppl": 20.0,
+                     "lambada/perplexity": ppl, "arc_easy/acc": acc})
+        rows.append({"activation": "swiglu", "seed": seed, "val_loss": 3.5 + seed / 9, "val_ppl": 20.0,
+                     "lambada/perplexity": ppl + 5 + seed / 7, "arc_easy/acc": acc - 0.1 - seed / 100})
+    text = markdown(summary_rows(rows, "swiglu"), "swiglu")
+    marks = {line.split(" | ")[0][2:]: line.rstrip(" |")[-1] for line in text.split("Paired difference")[1].splitlines()
+             if line.startswith("| ") and not line.startswith("| metric")}
+    assert marks["val_loss"] == "*" and marks["lambada/perplexity"] == "*" and marks["arc_easy/acc"] == "*"
+    flipped = [{**r, "activation": {"polynorm": "swiglu", "swiglu": "polynorm"}[r["activation"]]} for r in rows]
+    text = markdown(summary_rows(flipped, "swiglu"), "swiglu")
+    assert "p=0.0" in text and "*" not in text.split("Paired difference")[1].split("`*`")[0]
+    assert lower_is_better("wikitext/word_perplexity") and not lower_is_better("blimp/acc")
 
 
 def test_plot_writes_pngs(sweep, tmp_path):

@@ -10,7 +10,13 @@ from polycom.activations import ACTIVATIONS
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
 # "better" for the significance marks; for the layer similarity, the paper's reading (less alike layers)
-LOWER_IS_BETTER = ("val_loss", "val_ppl", "analysis/similarity_off_diagonal", "analysis/similarity_adjacent")
+LOWER_IS_BETTER = ("analysis/similarity_off_diagonal", "analysis/similarity_adjacent")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and perplexities (val_ppl, lambada/perplexity, wikitext/word_perplexity...) improve downwards."""
+    name = metric.rsplit("/", 1)[-1]
+    return metric in LOWER_IS_BETTER or "loss" in name or "perplexity" in name or name.endswith("ppl")
 
 
 def metric_columns(rows: list[dict]) -> list[str]:
@@ -82,7 +88,7 @@ def markdown(summary: list[dict], baseline: str) -> str:
             if "diff_vs_baseline" not in r:
                 cells.append("–")
                 continue
-            better = (r["diff_vs_baseline"] < 0) == (m in LOWER_IS_BETTER)
+            better = (r["diff_vs_baseline"] < 0) == lower_is_better(m)
             mark = "*" if r["p_value"] < 0.05 and better else ("†" if r["p_value"] < 0.05 else "")
             cells.append(f"{r['diff_vs_baseline']:+.4f} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
                          f"p={_fmt(r['p_value'], 3)}{mark}")
