@@ -5,8 +5,8 @@
 
 For every complete run found below the given folders (a ``summary.json`` with ``complete: true``) this
 copies ``summary.json``, ``metrics.jsonl``, ``config.yaml`` and, when present, ``eval/`` and ``analysis/``
-into ``<out-dir>/<activation>-s<seed>/`` -- kilobytes per run, safe to commit -- and leaves checkpoints, the
-HF export and W&B files where they are. A sweep run in several parts (say one seed per session) is
+into ``<out-dir>/<activation>-s<seed>/`` (``...-s<seed>-lr0.004`` with ``--by optim.lr``) -- kilobytes per
+run, safe to commit -- and leaves checkpoints, the HF export and W&B files where they are. A sweep run in several parts (say one seed per session) is
 collected part by part into the same folder; ``scripts/summarize.py`` and ``scripts/plot.py`` then read
 ``<out-dir>`` like any sweep folder. A run folder that already holds a different run is an error.
 """
@@ -18,30 +18,30 @@ import json
 import shutil
 from pathlib import Path
 
-from polycom.report.runs import find_run_dirs
+from polycom.report.runs import add_by_option, config_values, find_run_dirs, variant_name
 
 FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 FOLDERS = ("eval", "analysis")
 
 
-def run_name(summary: dict) -> str:
+def run_name(summary: dict, variant: dict | None = None) -> str:
     order = summary.get("activation_order")
     suffix = f"-r{order}" if order not in (None, 3) and summary["activation"] in ("polynorm", "polyrelu") else ""
-    return f"{summary['activation']}{suffix}-s{summary['seed']}"
+    return f"{summary['activation']}{suffix}-s{summary['seed']}" + (f"-{variant_name(variant)}" if variant else "")
 
 
-def collect(roots: list[Path], out_dir: Path) -> list[Path]:
+def collect(roots: list[Path], out_dir: Path, by: list[str] = ()) -> list[Path]:
     written = []
     for run_dir in find_run_dirs(roots):
         if out_dir.resolve() in run_dir.resolve().parents:
             continue  # already collected
         summary = json.loads((run_dir / "summary.json").read_text())
-        target = out_dir / run_name(summary)
+        target = out_dir / run_name(summary, config_values(run_dir, list(by)))
         if (target / "summary.json").is_file():
             old = json.loads((target / "summary.json").read_text())
             if old.get("run_dir") != summary.get("run_dir"):
                 raise SystemExit(f"{target} already holds the run {old.get('run_dir')}; not overwriting it with "
-                                 f"{run_dir}")
+                                 f"{run_dir} (a sweep over another config key needs --by that key)")
         target.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             if (run_dir / name).is_file():
@@ -57,8 +57,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders (searched recursively)")
     parser.add_argument("--out-dir", type=Path, required=True)
+    add_by_option(parser)
     args = parser.parse_args(argv)
-    written = collect(args.roots, args.out_dir)
+    try:
+        written = collect(args.roots, args.out_dir, args.by)
+    except ValueError as error:
+        parser.error(str(error))
     if not written:
         parser.error(f"no complete run (summary.json) found under {', '.join(map(str, args.roots))}")
     print(f"collected {len(written)} runs into {args.out_dir}: " + ", ".join(p.name for p in written))

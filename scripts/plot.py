@@ -2,6 +2,9 @@
 downstream accuracy bars.
 
     python scripts/plot.py outputs/compare_activations/multirun/<time> [more dirs] --out-dir experiments/my-study
+
+With ``--by optim.lr`` (a sweep over another config key) it writes ``val_loss_by_optim.lr.png`` instead:
+final validation loss against that key, a line per activation.
 """
 
 from __future__ import annotations
@@ -9,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polycom.report.plots import plot_downstream_bars, plot_val_loss_curves
-from polycom.report.runs import load_runs
+from polycom.report.plots import plot_downstream_bars, plot_metric_by, plot_val_loss_curves
+from polycom.report.runs import add_by_option, load_runs_or_exit
 
 
 def headline_metrics(rows: list[dict]) -> list[str]:
@@ -24,12 +27,17 @@ def main(argv=None) -> None:
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--metrics", default=None, help="comma-separated downstream metrics (default: all accuracies)")
+    add_by_option(parser)
     args = parser.parse_args(argv)
-    rows = load_runs(args.roots)
-    if not rows:
-        parser.error(f"no complete run (summary.json) found under {', '.join(map(str, args.roots))}")
+    rows = load_runs_or_exit(parser, args.roots, args.by)
     out = args.out_dir or args.roots[0]
     out.mkdir(parents=True, exist_ok=True)
+    if args.by:
+        written = [out / f"val_loss_by_{key}.png" for key in args.by]
+        for key, path in zip(args.by, written):
+            plot_metric_by(rows, key, path)
+        print("wrote " + ", ".join(map(str, written)))
+        return
     plot_val_loss_curves(rows, out / "val_loss.png")
     written = [out / "val_loss.png"]
     metrics = args.metrics.split(",") if args.metrics else headline_metrics(rows)

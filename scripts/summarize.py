@@ -6,6 +6,11 @@ seeds, with paired differences against a baseline (same seed) and a paired t-tes
 
 Writes results.csv (per run), summary.csv (per activation and metric) and summary.md into --out-dir
 (default: the first folder given).
+
+A sweep over something other than activation and seed (an lr grid) needs ``--by optim.lr``: each value
+is then summarized on its own, with a grid of validation loss by activation and value on top. Without it,
+two runs of one activation and seed are an error that names the config keys they differ in -- they would
+otherwise be averaged as if they were seeds.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polycom.report.runs import load_runs, write_results_csv
+from polycom.report.runs import add_by_option, load_runs_or_exit, write_results_csv
 from polycom.report.tables import markdown, summary_rows, write_summary_csv
 
 
@@ -22,16 +27,15 @@ def main(argv=None) -> None:
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders (searched recursively)")
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--baseline", default="swiglu")
+    add_by_option(parser)
     args = parser.parse_args(argv)
-    rows = load_runs(args.roots)
-    if not rows:
-        parser.error(f"no complete run (summary.json) found under {', '.join(map(str, args.roots))}")
+    rows = load_runs_or_exit(parser, args.roots, args.by)
     out = args.out_dir or args.roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    write_results_csv(rows, out / "results.csv")
-    summary = summary_rows(rows, args.baseline)
-    write_summary_csv(summary, out / "summary.csv")
-    text = markdown(summary, args.baseline)
+    write_results_csv(rows, out / "results.csv", args.by)
+    summary = summary_rows(rows, args.baseline, args.by)
+    write_summary_csv(summary, out / "summary.csv", args.by)
+    text = markdown(summary, args.baseline, args.by)
     (out / "summary.md").write_text(text)
     print(text)
     print(f"{len(rows)} runs -> {out}/results.csv, summary.csv, summary.md")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from polycom.report.runs import load_runs
 from polycom.report.stats import aggregate, paired_difference
 from polycom.report.tables import lower_is_better, markdown, summary_rows
 from scripts_loader import load_script
@@ -16,9 +17,12 @@ plot = load_script("plot")
 T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # closed-form t quantile for 2 degrees of freedom (4.3027)
 
 
-def write_run(root, name, activation, seed, val_loss, arc, complete=True):
+def write_run(root, name, activation, seed, val_loss, arc, complete=True, lr=None):
     run = root / name
     run.mkdir(parents=True)
+    if lr is not None:
+        (run / "config.yaml").write_text(f"seed: {seed}\nactivation:\n  name: {activation}\noptim:\n  lr: {lr}\n"
+                                         f"paths:\n  output_dir: {run}\n")
     summary = {"activation": activation, "seed": seed, "val_loss": val_loss, "val_ppl": math.exp(val_loss),
                "tokens": 1000, "num_params": 123, "steps": 10, "complete": complete, "arc_easy/acc": arc}
     (run / "summary.json").write_text(json.dumps(summary))
@@ -129,9 +133,51 @@ def test_the_analyses_of_a_run_become_its_analysis_metrics(sweep, tmp_path):
                 "layer_similarity": {"mean_off_diagonal": 0.25, "adjacent": [0.5, 0.7]}}
     (sweep / "0_polynorm" / "analysis").mkdir()
     (sweep / "0_polynorm" / "analysis" / "analysis.json").write_text(json.dumps(analysis))
-    rows = {(r["activation"], r["seed"]): r for r in summarize.load_runs([sweep])}
+    rows = {(r["activation"], r["seed"]): r for r in load_runs([sweep])}
     assert rows[("polynorm", 0)]["analysis/erank_up"] == 15.0 and rows[("polynorm", 0)]["analysis/erank_down"] == 5.0
     assert rows[("polynorm", 0)]["analysis/similarity_off_diagonal"] == 0.25
     assert rows[("polynorm", 0)]["analysis/similarity_adjacent"] == pytest.approx(0.6)
     assert "analysis/erank_up" not in rows[("polynorm", 1)]
     assert "analysis/erank_up" not in plot.headline_metrics(list(rows.values()))
+
+
+@pytest.fixture
+def lr_sweep(tmp_path):
+    """Two activations x two learning rates x two seeds; polynorm is best at lr 0.004, swiglu at 0.001."""
+    root = tmp_path / "lr_grid"
+    losses = {("polynorm", 0.001): (3.3, 3.5), ("polynorm", 0.004): (3.0, 3.1),
+              ("swiglu", 0.001): (3.2, 3.4), ("swiglu", 0.004): (3.6, 3.9)}
+    for (act, lr), per_seed in losses.items():
+        for seed, loss in enumerate(per_seed):
+            write_run(root, f"{act}_{lr}_{seed}", act, seed, loss, 0.5, lr=lr)
+    return root
+
+
+def test_runs_differing_in_another_config_key_are_not_averaged_as_seeds(lr_sweep, tmp_path):
+    with pytest.raises(SystemExit):
+        summarize.main([str(lr_sweep), "--out-dir", str(tmp_path / "mixed")])
+    with pytest.raises(ValueError, match=r"activation=polynorm seed=0 .*differ in optim\.lr: pass --by optim\.lr"):
+        load_runs([lr_sweep])
+    assert not (tmp_path / "mixed" / "results.csv").exists()
+
+
+def test_an_lr_grid_is_summarized_per_learning_rate(lr_sweep, tmp_path):
+    runs = tmp_path / "study" / "runs"
+    collect_runs.main([str(lr_sweep), "--out-dir", str(runs), "--by", "optim.lr"])
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        f"{a}-s{s}-lr{lr}" for a in ("polynorm", "swiglu") for s in (0, 1) for lr in ("0.001", "0.004"))
+    out = tmp_path / "study"
+    summarize.main([str(runs), "--out-dir", str(out), "--by", "optim.lr"])
+    results = list(csv.DictReader(open(out / "results.csv")))
+    assert len(results) == 8 and {r["optim.lr"] for r in results} == {"0.001", "0.004"}
+    summary = {(r["optim.lr"], r["activation"], r["metric"]): r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert float(summary[("0.004", "polynorm", "val_loss")]["mean"]) == pytest.approx(3.05)
+    assert float(summary[("0.001", "swiglu", "val_loss")]["mean"]) == pytest.approx(3.3)
+    # paired against swiglu at the same lr: (3.0 - 3.6, 3.1 - 3.9)
+    assert float(summary[("0.004", "polynorm", "val_loss")]["diff_vs_baseline"]) == pytest.approx(-0.7)
+    text = (out / "summary.md").read_text()
+    assert "| polynorm | 3.4000 ± 0.1414 (n=2) | **3.0500 ± 0.0707 (n=2)** | optim.lr=0.004 |" in text
+    assert "| swiglu | **3.3000 ± 0.1414 (n=2)** | 3.7500 ± 0.2121 (n=2) | optim.lr=0.001 |" in text
+    assert "## optim.lr=0.001" in text and "## optim.lr=0.004" in text
+    plot.main([str(runs), "--out-dir", str(out), "--by", "optim.lr"])
+    assert (out / "val_loss_by_optim.lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -177,7 +177,9 @@ def test_wandb_offline_runs_are_named_grouped_and_never_merged(tmp_path, monkeyp
     overrides = ["logger=wandb", "logger.mode=offline", "trainer.max_steps=3", "logger.group=sweep-x"]
     for act in ("gelu", "polynorm"):
         _train(tmp_path / act, overrides + [f"activation={act}"])
-    assert [s[1:] for s in seen] == [("gelu-s0", "sweep-x", "gelu"), ("polynorm-s0", "sweep-x", "polynorm")]
+    _train(tmp_path / "lr", overrides + ["hparams_search=lr_grid", "optim.lr=0.004"])  # an lr grid's run
+    assert [s[1:] for s in seen] == [("gelu-s0", "sweep-x", "gelu"), ("polynorm-s0", "sweep-x", "polynorm"),
+                                     ("polynorm-lr0.004-s0", "sweep-x", "polynorm")]
     assert seen[0][0] != seen[1][0]
     for act in ("gelu", "polynorm"):
         assert list((tmp_path / act / "wandb").glob("offline-run-*")), act

@@ -70,3 +70,30 @@ def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_metric_by(rows: list[dict], key: str, path: Path, metric: str = "val_loss") -> None:
+    """Final ``metric`` against the values of a swept config key (an lr grid's ``optim.lr``), a line per
+    activation: mean over seeds with ±1 std error bars. Log x axis when the values are positive numbers
+    spanning a factor of 4 or more, as learning rates do."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    numeric = all(isinstance(row[key], (int, float)) for row in rows)
+    for act in ordered_activations(rows):
+        values = sorted({row[key] for row in rows if row["activation"] == act and row.get(metric) is not None},
+                        key=lambda v: v if numeric else str(v))
+        aggs = [aggregate([float(r[metric]) for r in rows if r["activation"] == act and r[key] == v
+                           and r.get(metric) is not None]) for v in values]
+        x = values if numeric else [str(v) for v in values]
+        ax.errorbar(x, [a.mean for a in aggs], yerr=[0.0 if np.isnan(a.std) else a.std for a in aggs],
+                    marker="o", capsize=3, label=act)
+    positive = [row[key] for row in rows if numeric and row[key] > 0]
+    if numeric and len(positive) == len(rows) and max(positive) >= 4 * min(positive):
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"Final {metric.replace('_', ' ')} by {key} (mean ± 1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

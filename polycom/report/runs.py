@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 BASE_COLUMNS = ["activation", "seed", "val_loss", "val_ppl", "tokens", "num_params", "num_params_active", "steps",
                 "wall_seconds", "run_dir"]
@@ -48,15 +51,88 @@ def analysis_metrics(run_dir: Path) -> dict:
     return metrics
 
 
-def load_runs(roots: list[Path]) -> list[dict]:
+def run_config(run_dir: Path) -> dict:
+    """The run's resolved config (``config.yaml``, written by the trainer) as a flat ``{dotted.key: value}``."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    flat = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(OmegaConf.load(path)), "")
+    return flat
+
+
+def config_values(run_dir: Path, keys: list[str]) -> dict:
+    """``{key: value}`` of the given dotted config keys of a run; a key the run's config lacks is an error."""
+    config = run_config(run_dir)
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ValueError(f"{run_dir}/config.yaml has no {', '.join(missing)} (needed by --by)")
+    return {k: config[k] for k in keys}
+
+
+def variant_name(values: dict) -> str:
+    """A short name for a run's --by values, e.g. ``lr0.004`` for ``{"optim.lr": 0.004}``."""
+    return "-".join(f"{key.rsplit('.', 1)[-1]}{value:g}" if isinstance(value, float)
+                    else f"{key.rsplit('.', 1)[-1]}{value}" for key, value in values.items())
+
+
+def check_one_run_per_cell(rows: list[dict], by: list[str]) -> None:
+    """Two runs of one activation and seed (and --by values) would be averaged as if they were seeds, and
+    the paired test would keep only one of them: refuse, naming the config keys that tell them apart."""
+    cells = defaultdict(list)
+    for row in rows:
+        cells[(row["activation"], row["seed"], *(row[k] for k in by))].append(Path(row["run_dir"]))
+    for (activation, seed, *values), dirs in cells.items():
+        if len(dirs) < 2:
+            continue
+        first, second = run_config(dirs[0]), run_config(dirs[1])
+        differ = sorted(k for k in first.keys() | second.keys()
+                        if first.get(k) != second.get(k) and not k.startswith(("paths.", "hydra.")))
+        hint = (f"their configs differ in {', '.join(differ[:6])}: pass --by {differ[0]} to keep them apart"
+                if differ else "their configs are the same: is one run collected twice?")
+        raise ValueError(f"{len(dirs)} runs are activation={activation} seed={seed}"
+                         + "".join(f" {k}={v}" for k, v in zip(by, values)) + f" ({dirs[0]}, {dirs[1]}); {hint}")
+
+
+def add_by_option(parser) -> None:
+    """``--by CONFIG.KEY`` for the scripts that read sweeps (collect_runs, summarize, plot)."""
+    parser.add_argument("--by", action="append", default=[], metavar="CONFIG.KEY",
+                        help="a config key the sweep varies besides activation and seed, e.g. optim.lr (repeatable)")
+
+
+def load_runs_or_exit(parser, roots: list[Path], by: list[str]) -> list[dict]:
+    """``load_runs`` for a script: mixed-up or missing runs end it with a usage error naming the problem."""
+    try:
+        rows = load_runs(roots, by)
+    except ValueError as error:
+        parser.error(str(error))
+    if not rows:
+        parser.error(f"no complete run (summary.json) found under {', '.join(map(str, roots))}")
+    return rows
+
+
+def load_runs(roots: list[Path], by: list[str] = ()) -> list[dict]:
+    """One row per complete run below ``roots``; ``by`` adds those config keys as columns (an lr grid's
+    ``optim.lr``), and runs are then told apart by activation, seed and those values."""
+    by = list(by)
     rows = []
     for run_dir in find_run_dirs(roots):
         summary = json.loads((run_dir / "summary.json").read_text())
         row = {k: summary.get(k) for k in BASE_COLUMNS}
         row["run_dir"] = str(run_dir)
+        row.update(config_values(run_dir, by))
         row.update({k: summary[k] for k in downstream_columns(summary)})
         row.update(analysis_metrics(run_dir))
         rows.append(row)
+    check_one_run_per_cell(rows, by)
     return rows
 
 
@@ -71,13 +147,13 @@ def load_curve(run_dir: Path, key: str = "val_loss") -> list[tuple[int, float]]:
     return points
 
 
-def write_results_csv(rows: list[dict], path: Path) -> list[str]:
-    """One row per run; columns: the base ones, then every downstream metric seen in any run."""
+def write_results_csv(rows: list[dict], path: Path, by: list[str] = ()) -> list[str]:
+    """One row per run; columns: the base ones, the --by config keys, then every downstream metric seen."""
     metric_columns = sorted({k for row in rows for k in row if "/" in k})
-    columns = [c for c in BASE_COLUMNS if c != "run_dir"] + metric_columns + ["run_dir"]
+    columns = [c for c in BASE_COLUMNS if c != "run_dir"] + list(by) + metric_columns + ["run_dir"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row in sorted(rows, key=lambda r: (r["activation"], r["seed"])):
+        for row in sorted(rows, key=lambda r: (r["activation"], r["seed"], *(r[k] for k in by))):
             writer.writerow(row)
     return columns

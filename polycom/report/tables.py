@@ -33,8 +33,21 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
-def summary_rows(rows: list[dict], baseline: str) -> list[dict]:
-    """One row per (activation, metric): aggregate over seeds and the paired difference to the baseline."""
+def variants(rows: list[dict], by: list[str]) -> list[tuple]:
+    """The distinct values of the --by keys among the runs, sorted: ``[(0.001,), (0.002,), ...]``."""
+    def order(value):  # numbers in numeric order, then anything else (strings, None) by its text
+        return tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in value)
+
+    return sorted({tuple(row[k] for k in by) for row in rows}, key=order)
+
+
+def summary_rows(rows: list[dict], baseline: str, by: list[str] = ()) -> list[dict]:
+    """One row per (activation, metric) -- and per value of the ``by`` config keys, each summarized on its
+    own: aggregate over seeds and the paired difference to the baseline at the same ``by`` values."""
+    by = list(by)
+    if by:
+        return [{**dict(zip(by, values)), **row} for values in variants(rows, by)
+                for row in summary_rows([r for r in rows if tuple(r[k] for k in by) == values], baseline)]
     out = []
     for metric in metric_columns(rows):
         table = by_activation(rows, metric)
@@ -52,8 +65,8 @@ def summary_rows(rows: list[dict], baseline: str) -> list[dict]:
     return out
 
 
-def write_summary_csv(summary: list[dict], path: Path) -> None:
-    columns = ["activation", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline",
+def write_summary_csv(summary: list[dict], path: Path, by: list[str] = ()) -> None:
+    columns = list(by) + ["activation", "metric", "n", "mean", "std", "ci95_low", "ci95_high", "diff_vs_baseline",
                "diff_ci95_low", "diff_ci95_high", "p_value", "n_pairs"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -61,7 +74,45 @@ def write_summary_csv(summary: list[dict], path: Path) -> None:
         writer.writerows(summary)
 
 
-def markdown(summary: list[dict], baseline: str) -> str:
+def markdown(summary: list[dict], baseline: str, by: list[str] = ()) -> str:
+    """Without ``by``: the two tables of ``metric_tables``. With it: first a grid of the validation loss, a
+    row per activation and a column per ``by`` value (the best value of each activation in bold), then the
+    two tables for each ``by`` value."""
+    by = list(by)
+    if not by:
+        return metric_tables(summary, baseline)
+    values = variants(summary, by)
+    label = lambda v: ", ".join(f"{k}={x}" for k, x in zip(by, v))  # noqa: E731
+    parts = [grid_markdown(summary, by, values, label)]
+    for v in values:
+        part = [r for r in summary if tuple(r[k] for k in by) == v]
+        parts.append(f"## {label(v)}\n\n" + metric_tables(part, baseline))
+    return "\n".join(parts)
+
+
+def grid_markdown(summary: list[dict], by: list[str], values: list[tuple], label, metric: str = "val_loss") -> str:
+    cell = {(r["activation"], tuple(r[k] for k in by)): r for r in summary if r["metric"] == metric}
+    acts = list(dict.fromkeys(r["activation"] for r in summary if r["metric"] == metric))
+    lines = [f"{metric} (mean ± std over seeds, n) by {', '.join(by)}; bold: each activation's best.", "",
+             "| activation | " + " | ".join(label(v) for v in values) + " | best |",
+             "|---|" + "---:|" * (len(values) + 1)]
+    for act in acts:
+        present = [v for v in values if (act, v) in cell]
+        best = min(present, key=lambda v: cell[(act, v)]["mean"]) if lower_is_better(metric) else \
+            max(present, key=lambda v: cell[(act, v)]["mean"])
+        cells = []
+        for v in values:
+            r = cell.get((act, v))
+            if r is None:
+                cells.append("–")
+                continue
+            text = _fmt(r["mean"]) + ("" if r["n"] < 2 else f" ± {_fmt(r['std'])}") + f" (n={r['n']})"
+            cells.append(f"**{text}**" if v == best else text)
+        lines.append(f"| {act} | " + " | ".join(cells) + f" | {label(best)} |")
+    return "\n".join(lines) + "\n"
+
+
+def metric_tables(summary: list[dict], baseline: str) -> str:
     """Two tables, a row per metric and a column per activation: mean ± std [95% CI] over seeds, then the
     paired difference to the baseline (same seed) with its 95% interval and paired t-test p."""
     metrics = list(dict.fromkeys(r["metric"] for r in summary))

@@ -114,6 +114,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+    run_name: Optional[str] = None  # None: <activation>-s<seed>
 
 
 @dataclass

@@ -218,7 +218,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
                                             model_config.hidden_size, tc.seq_len)
     peak = device_peak_flops(accelerator.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_name = f"{cfg.activation.name}-s{cfg.seed}"
+    run_name = cfg.logger.run_name or f"{cfg.activation.name}-s{cfg.seed}"
     logger = MetricsLogger(run_dir, cfg.logger, run_name, cfg.logger.group or wandb_group or cfg.task_name,
                            {**resolved, "run_dir": str(run_dir), **counts}, enabled=is_main,
                            resume_step=start_step if resume_from is not None else None)
