@@ -81,10 +81,11 @@ def test_significance_marks_follow_each_metrics_direction():
     rows = []
     for seed, (ppl, acc) in enumerate([(10.0, 0.60), (11.0, 0.62), (12.5, 0.61)]):
         rows.append({"activation": "polynorm", "seed": seed, "val_loss": 3.0 + seed / 10, "val_ppl": 20.0,
-                     "lambada/perplexity": ppl, "arc_easy/acc": acc})
+                     "lambada/perplexity": ppl * 1e6, "arc_easy/acc": acc})
         rows.append({"activation": "swiglu", "seed": seed, "val_loss": 3.5 + seed / 9, "val_ppl": 20.0,
-                     "lambada/perplexity": ppl + 5 + seed / 7, "arc_easy/acc": acc - 0.1 - seed / 100})
+                     "lambada/perplexity": (ppl + 5 + seed / 7) * 1e6, "arc_easy/acc": acc - 0.1 - seed / 100})
     text = markdown(summary_rows(rows, "swiglu"), "swiglu")
+    assert "1.117e+07 ± 1.258e+06 [" in text  # a tiny model's perplexities stay readable
     marks = {line.split(" | ")[0][2:]: line.rstrip(" |")[-1] for line in text.split("Paired difference")[1].splitlines()
              if line.startswith("| ") and not line.startswith("| metric")}
     assert marks["val_loss"] == "*" and marks["lambada/perplexity"] == "*" and marks["arc_easy/acc"] == "*"

@@ -29,8 +29,12 @@ def ordered_activations(rows: list[dict]) -> list[str]:
     return [a for a in ACTIVATIONS if a in present] + sorted(present - set(ACTIVATIONS))
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    return "–" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+def _fmt(x: float, digits: int = 4, sign: bool = False) -> str:
+    """Fixed decimals; values of 1e5 and more (a tiny model's LAMBADA perplexity) in 4 significant digits."""
+    if x is None or math.isnan(x):
+        return "–"
+    plus = "+" if sign else ""
+    return f"{x:{plus}.4g}" if abs(x) >= 1e5 else f"{x:{plus}.{digits}f}"
 
 
 def variants(rows: list[dict], by: list[str]) -> list[tuple]:
@@ -141,7 +145,7 @@ def metric_tables(summary: list[dict], baseline: str) -> str:
                 continue
             better = (r["diff_vs_baseline"] < 0) == lower_is_better(m)
             mark = "*" if r["p_value"] < 0.05 and better else ("†" if r["p_value"] < 0.05 else "")
-            cells.append(f"{r['diff_vs_baseline']:+.4f} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
+            cells.append(f"{_fmt(r['diff_vs_baseline'], sign=True)} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
                          f"p={_fmt(r['p_value'], 3)}{mark}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05 (no correction for multiple "
