@@ -30,8 +30,8 @@ def test_multirun_over_activations_and_seeds_gives_a_run_each_and_a_summary(tmp_
     sweep = tmp_path / "sweep"
     runs = multirun(sweep, "activation=gelu,polynorm", "seed=0,1")
     assert len(runs) == 4 and len({p.name for p in runs}) == 4  # one folder per job, none shared
-    seen = {(json.loads((p / "summary.json").read_text())["activation"],
-             json.loads((p / "summary.json").read_text())["seed"]) for p in runs}
+    summaries = [json.loads((p / "summary.json").read_text()) for p in runs]
+    seen = {(s["activation"], s["seed"]) for s in summaries}
     assert seen == {("gelu", 0), ("gelu", 1), ("polynorm", 0), ("polynorm", 1)}
     summarize.main([str(sweep), "--out-dir", str(tmp_path / "study"), "--baseline", "gelu"])
     text = (tmp_path / "study" / "summary.md").read_text()

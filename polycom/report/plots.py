@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from polycom.report.runs import load_curve  # noqa: E402
+from polycom.report.runs import load_curve, variants  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
 
@@ -77,17 +77,16 @@ def plot_metric_by(rows: list[dict], key: str, path: Path, metric: str = "val_lo
     activation: mean over seeds with ±1 std error bars. Log x axis when the values are positive numbers
     spanning a factor of 4 or more, as learning rates do."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    numeric = all(isinstance(row[key], (int, float)) for row in rows)
+    rows = [row for row in rows if row.get(metric) is not None]
+    values = [v for (v,) in variants(rows, [key])]
+    numeric = all(isinstance(v, (int, float)) for v in values)
     for act in ordered_activations(rows):
-        values = sorted({row[key] for row in rows if row["activation"] == act and row.get(metric) is not None},
-                        key=lambda v: v if numeric else str(v))
-        aggs = [aggregate([float(r[metric]) for r in rows if r["activation"] == act and r[key] == v
-                           and r.get(metric) is not None]) for v in values]
-        x = values if numeric else [str(v) for v in values]
-        ax.errorbar(x, [a.mean for a in aggs], yerr=[0.0 if np.isnan(a.std) else a.std for a in aggs],
-                    marker="o", capsize=3, label=act)
-    positive = [row[key] for row in rows if numeric and row[key] > 0]
-    if numeric and len(positive) == len(rows) and max(positive) >= 4 * min(positive):
+        present = [v for v in values if any(r["activation"] == act and r[key] == v for r in rows)]
+        aggs = [aggregate([float(r[metric]) for r in rows if r["activation"] == act and r[key] == v])
+                for v in present]
+        ax.errorbar(present if numeric else [str(v) for v in present], [a.mean for a in aggs],
+                    yerr=[0.0 if np.isnan(a.std) else a.std for a in aggs], marker="o", capsize=3, label=act)
+    if numeric and min(values) > 0 and max(values) >= 4 * min(values):
         ax.set_xscale("log")
     ax.set_xlabel(key)
     ax.set_ylabel(metric.replace("_", " "))

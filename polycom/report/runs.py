@@ -71,6 +71,8 @@ def run_config(run_dir: Path) -> dict:
 
 def config_values(run_dir: Path, keys: list[str]) -> dict:
     """``{key: value}`` of the given dotted config keys of a run; a key the run's config lacks is an error."""
+    if not keys:
+        return {}
     config = run_config(run_dir)
     missing = [k for k in keys if k not in config]
     if missing:
@@ -84,12 +86,25 @@ def variant_name(values: dict) -> str:
                     else f"{key.rsplit('.', 1)[-1]}{value}" for key, value in values.items())
 
 
+def variant_of(row: dict, by: list[str]) -> tuple:
+    """A run row's values of the --by keys, e.g. ``(0.004,)`` for ``by=["optim.lr"]``."""
+    return tuple(row[k] for k in by)
+
+
+def variants(rows: list[dict], by: list[str]) -> list[tuple]:
+    """The distinct --by values among the runs, sorted: numbers numerically, then anything else by its text."""
+    def order(value):
+        return tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in value)
+
+    return sorted({variant_of(row, by) for row in rows}, key=order)
+
+
 def check_one_run_per_cell(rows: list[dict], by: list[str]) -> None:
     """Two runs of one activation and seed (and --by values) would be averaged as if they were seeds, and
     the paired test would keep only one of them: refuse, naming the config keys that tell them apart."""
     cells = defaultdict(list)
     for row in rows:
-        cells[(row["activation"], row["seed"], *(row[k] for k in by))].append(Path(row["run_dir"]))
+        cells[(row["activation"], row["seed"], *variant_of(row, by))].append(Path(row["run_dir"]))
     for (activation, seed, *values), dirs in cells.items():
         if len(dirs) < 2:
             continue
@@ -154,6 +169,6 @@ def write_results_csv(rows: list[dict], path: Path, by: list[str] = ()) -> list[
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        for row in sorted(rows, key=lambda r: (r["activation"], r["seed"], *(r[k] for k in by))):
+        for row in sorted(rows, key=lambda r: (r["activation"], r["seed"], *variant_of(r, by))):
             writer.writerow(row)
     return columns

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from polycom.activations import ACTIVATIONS
+from polycom.report.runs import variant_of, variants
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
 # "better" for the significance marks; for the layer similarity, the paper's reading (less alike layers)
@@ -37,12 +38,8 @@ def _fmt(x: float, digits: int = 4, sign: bool = False) -> str:
     return f"{x:{plus}.4g}" if abs(x) >= 1e5 else f"{x:{plus}.{digits}f}"
 
 
-def variants(rows: list[dict], by: list[str]) -> list[tuple]:
-    """The distinct values of the --by keys among the runs, sorted: ``[(0.001,), (0.002,), ...]``."""
-    def order(value):  # numbers in numeric order, then anything else (strings, None) by its text
-        return tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in value)
-
-    return sorted({tuple(row[k] for k in by) for row in rows}, key=order)
+def variant_label(by: list[str], values: tuple) -> str:
+    return ", ".join(f"{k}={x}" for k, x in zip(by, values))
 
 
 def summary_rows(rows: list[dict], baseline: str, by: list[str] = ()) -> list[dict]:
@@ -51,7 +48,7 @@ def summary_rows(rows: list[dict], baseline: str, by: list[str] = ()) -> list[di
     by = list(by)
     if by:
         return [{**dict(zip(by, values)), **row} for values in variants(rows, by)
-                for row in summary_rows([r for r in rows if tuple(r[k] for k in by) == values], baseline)]
+                for row in summary_rows([r for r in rows if variant_of(r, by) == values], baseline)]
     out = []
     for metric in metric_columns(rows):
         table = by_activation(rows, metric)
@@ -85,25 +82,23 @@ def markdown(summary: list[dict], baseline: str, by: list[str] = ()) -> str:
     by = list(by)
     if not by:
         return metric_tables(summary, baseline)
-    values = variants(summary, by)
-    label = lambda v: ", ".join(f"{k}={x}" for k, x in zip(by, v))  # noqa: E731
-    parts = [grid_markdown(summary, by, values, label)]
-    for v in values:
-        part = [r for r in summary if tuple(r[k] for k in by) == v]
-        parts.append(f"## {label(v)}\n\n" + metric_tables(part, baseline))
+    parts = [grid_markdown(summary, by)]
+    for v in variants(summary, by):
+        part = [r for r in summary if variant_of(r, by) == v]
+        parts.append(f"## {variant_label(by, v)}\n\n" + metric_tables(part, baseline))
     return "\n".join(parts)
 
 
-def grid_markdown(summary: list[dict], by: list[str], values: list[tuple], label, metric: str = "val_loss") -> str:
-    cell = {(r["activation"], tuple(r[k] for k in by)): r for r in summary if r["metric"] == metric}
+def grid_markdown(summary: list[dict], by: list[str], metric: str = "val_loss") -> str:
+    values = variants(summary, by)
+    cell = {(r["activation"], variant_of(r, by)): r for r in summary if r["metric"] == metric}
     acts = list(dict.fromkeys(r["activation"] for r in summary if r["metric"] == metric))
     lines = [f"{metric} (mean ± std over seeds, n) by {', '.join(by)}; bold: each activation's best.", "",
-             "| activation | " + " | ".join(label(v) for v in values) + " | best |",
+             "| activation | " + " | ".join(variant_label(by, v) for v in values) + " | best |",
              "|---|" + "---:|" * (len(values) + 1)]
     for act in acts:
-        present = [v for v in values if (act, v) in cell]
-        best = min(present, key=lambda v: cell[(act, v)]["mean"]) if lower_is_better(metric) else \
-            max(present, key=lambda v: cell[(act, v)]["mean"])
+        pick = min if lower_is_better(metric) else max
+        best = pick((v for v in values if (act, v) in cell), key=lambda v: cell[(act, v)]["mean"])
         cells = []
         for v in values:
             r = cell.get((act, v))
@@ -112,7 +107,7 @@ def grid_markdown(summary: list[dict], by: list[str], values: list[tuple], label
                 continue
             text = _fmt(r["mean"]) + ("" if r["n"] < 2 else f" ± {_fmt(r['std'])}") + f" (n={r['n']})"
             cells.append(f"**{text}**" if v == best else text)
-        lines.append(f"| {act} | " + " | ".join(cells) + f" | {label(best)} |")
+        lines.append(f"| {act} | " + " | ".join(cells) + f" | {variant_label(by, best)} |")
     return "\n".join(lines) + "\n"
 
 
