@@ -42,7 +42,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from polycom.activations import ACTIVATIONS, BACKENDS, OfficialPolyNorm, set_activation_backend
+from polycom.model.activations import ACTIVATIONS, BACKENDS, OfficialPolyNorm, set_activation_backend
 from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.train.metrics import cpu_model, device_peak_flops, flops_param_count, measure_cpu_peak_flops, mfu, \
     model_flops_per_token
@@ -152,7 +152,7 @@ def ffn_multiple(gated_width: int) -> int:
 
 def polycom_model(name: str, args) -> PolyComForCausalLM:
     d, layers, heads, gated = args.size
-    cfg = PolyComConfig(vocab_size=args.vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+    cfg = PolyComConfig.matched(vocab_size=args.vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=gated, ffn_width_multiple=ffn_multiple(gated),
                         max_position_embeddings=args.seq_len, activation=name, tie_word_embeddings=False,
                         use_cache=False)
@@ -280,7 +280,7 @@ def main(argv=None) -> dict:
                         help="comma-separated registry names (default: all)")
     parser.add_argument("--no-references", action="store_true", help="skip llama_swiglu and polynorm_naive")
     parser.add_argument("--act-backend", default="auto", choices=BACKENDS,
-                        help="PolyNorm/PolyReLU implementation (polycom.activations; 'compiled' = torch.compile'd "
+                        help="PolyNorm/PolyReLU implementation (polycom.model.activations; 'compiled' = torch.compile'd "
                              "activation kernels inside an eager model)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
@@ -362,7 +362,7 @@ def main(argv=None) -> dict:
             "num_params": e.num_params,
             "num_params_flops": e.flops_params,
             "flops_per_token": flops_per_token,
-            "ffn_hidden": getattr(e.model.config, "ffn_hidden_size", e.model.config.intermediate_size),
+            "ffn_hidden": e.model.config.intermediate_size,
             "saved_hidden_tensors": None,
             "loss": e.loss,
         }

@@ -74,7 +74,7 @@ def main() -> None:
     configurations = []  # (row without timings, callable)
     for model_name, sizes in MODELS.items():
         tokenizer = byte_level_bpe(sizes["vocab_size"])
-        model = PolyComForCausalLM(PolyComConfig(**sizes, max_position_embeddings=1024, activation="polynorm",
+        model = PolyComForCausalLM(PolyComConfig.matched(**sizes, max_position_embeddings=1024, activation="polynorm",
                                                  eos_token_id=tokenizer.eos_token_id)).eval()
         tokens = input_tokens(tokenizer, requests, model_window(model))
         runs = [(f"polycom scorer, batch {b}",

@@ -53,7 +53,7 @@ def naive_moe_forward(moe: MoEFeedForward, x: torch.Tensor) -> tuple[torch.Tenso
 
 
 def layer_config(activation: str, experts: int, top_k: int, width: int, d: int) -> PolyComConfig:
-    return PolyComConfig(vocab_size=256, hidden_size=d, num_hidden_layers=4, num_attention_heads=4,
+    return PolyComConfig.matched(vocab_size=256, hidden_size=d, num_hidden_layers=4, num_attention_heads=4,
                          activation=activation, num_experts=experts, num_experts_per_tok=top_k,
                          moe_intermediate_size=width, intermediate_size=top_k * width)
 
@@ -87,7 +87,7 @@ def make_runs(activation: str, args) -> list[tuple[str, object]]:
     if default == "grouped_mm":
         runs.append(("dropless, Python loop", step(dropless("loop"))))
     runs.append(("naive, all experts + mask", step(lambda xi: naive_moe_forward(moe, xi))))
-    runs.append((f"dense FFN, active width {cfg.ffn_hidden_size}", step(lambda xi: (dense(xi), zero, zero))))
+    runs.append((f"dense FFN, active width {cfg.intermediate_size}", step(lambda xi: (dense(xi), zero, zero))))
     return runs
 
 

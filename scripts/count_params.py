@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from polycom.activations import ACTIVATIONS
+from polycom.model.activations import ACTIVATIONS
 from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.train.config import register_schema
 
@@ -23,7 +23,7 @@ def build_config(model_name: str, activation: str, vocab_size: int) -> PolyComCo
     register_schema()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model_name}"])
-    return PolyComConfig(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation, vocab_size=vocab_size)
+    return PolyComConfig.matched(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation, vocab_size=vocab_size)
 
 
 def count(config: PolyComConfig) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def main() -> None:
         for act in activations:
             cfg = build_config(path.stem, act, args.vocab)
             total, active = count(cfg)
-            width = cfg.expert_hidden_size if cfg.is_moe else cfg.ffn_hidden_size
+            width = cfg.moe_intermediate_size if cfg.is_moe else cfg.intermediate_size
             size = f"{total / 1e6:,.2f}M" + (f" ({active / 1e6:,.2f}M active)" if active != total else "")
             cells.append(f"{size} ({width})")
         print(f"| `{path.stem}` | {cfg.hidden_size} / {cfg.num_hidden_layers} / {cfg.num_attention_heads} | "

@@ -65,6 +65,6 @@ def make_tiny_model(tiny_tokenizer):
             bos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.eos_token_id,
         )
         kwargs.update(overrides)
-        return PolyComForCausalLM(PolyComConfig(**kwargs)).eval()
+        return PolyComForCausalLM(PolyComConfig.matched(**kwargs)).eval()
 
     return make

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycom.activations import (
+from polycom.model.activations import (
     ACTIVATIONS,
     BACKENDS,
     OfficialPolyNorm,
@@ -29,7 +29,7 @@ from polycom.activations import (
 ORDERS = list(range(MIN_ORDER, MAX_ORDER + 1))
 
 
-# ---- independent float64 references (written from the paper, not from polycom.activations) -----------------
+# ---- independent float64 references (written from the paper, not from polycom.model.activations) -----------------
 def ref_polyrelu(x, a, b):
     """sum_{i=1..r} a_{r-i} relu(x)^i + b, a[0] multiplying the highest power."""
     r = x.clamp(min=0)

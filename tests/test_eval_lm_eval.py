@@ -107,8 +107,8 @@ def test_bridge_runs_our_tasks_through_lm_eval_from_a_saved_folder(tmp_path, dat
 
 @pytest.mark.slow
 def test_lm_eval_command_line_wrapper_loads_a_polycom_folder(tmp_path, data_dir, make_tiny_model, tiny_tokenizer):
-    """`python -m polycom.eval.lm_eval_cli` = lm-eval's CLI + the polycom model type (plain `lm_eval` cannot
-    load model_type "polycom"); local data through an --include_path task YAML."""
+    """`python -m polycom.eval.lm_eval_cli` = lm-eval's CLI + the registered polycom model type, so the folder's
+    own code is not needed (trust_remote_code=False); local data through an --include_path task YAML."""
     model = make_tiny_model(seed=2)
     model_dir = tmp_path / "hf"
     model.save_pretrained(model_dir)

@@ -1,12 +1,13 @@
 """The dense decoder: parameter matching, HF round-trip, KV-cache generation, loss with labels."""
 
+import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from polycom.activations import ACTIVATIONS
+from polycom.model.activations import ACTIVATIONS
 from polycom.model import PolyComConfig, PolyComForCausalLM, matched_ffn_width
 from polycom.train.config import register_schema
 from conftest import REPO_ROOT
@@ -19,7 +20,7 @@ def model_config(name: str, activation: str, vocab_size: int = 50304) -> PolyCom
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}"])
     fields = OmegaConf.to_container(cfg.model, resolve=True)
-    return PolyComConfig(**fields, activation=activation, vocab_size=vocab_size)
+    return PolyComConfig.matched(**fields, activation=activation, vocab_size=vocab_size)
 
 
 def count_on_meta(config: PolyComConfig) -> int:
@@ -45,7 +46,7 @@ def test_parameter_counts_match_across_activations(name):
 def test_paper_dense_1b_widths_and_size():
     swiglu = model_config("paper_dense_1b", "swiglu")
     polynorm = model_config("paper_dense_1b", "polynorm")
-    assert (swiglu.ffn_hidden_size, polynorm.ffn_hidden_size) == (5504, 8256)
+    assert (swiglu.intermediate_size, polynorm.intermediate_size) == (5504, 8256)
     assert (swiglu.num_hidden_layers, swiglu.hidden_size, swiglu.num_attention_heads) == (24, 2048, 16)
     # 24 x (4 d^2 + 3 d 5504) = 1.21B in the blocks, plus untied 50304 x 2048 embeddings and head
     non_embedding = count_on_meta(polynorm) - 2 * 50304 * 2048
@@ -172,3 +173,34 @@ def test_config_rejects_bad_values():
         PolyComConfig(hidden_size=100, num_attention_heads=3)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         PolyComConfig(num_experts=4, num_experts_per_tok=5, moe_intermediate_size=16)
+
+
+@pytest.mark.parametrize("activation,width", [("swiglu", 704), ("gelu", 1056), ("polynorm", 1056)])
+def test_exported_config_holds_the_real_ffn_width_and_the_matching_rule(tmp_path, activation, width):
+    config = PolyComConfig.matched(activation=activation, intermediate_size=704, ffn_width_multiple=16)
+    PolyComForCausalLM(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["intermediate_size"] == width  # the Hugging Face meaning: the width the weights have
+    assert saved["ffn_width_source"]["gated_intermediate_size"] == 704
+    assert saved["ffn_width_source"]["width_multiple"] == 16 and "ffn_width_multiple" not in saved
+    loaded = PolyComForCausalLM.from_pretrained(tmp_path)
+    assert loaded.model.layers[0].mlp.down_proj.in_features == width
+    assert loaded.config.intermediate_size == width
+
+
+def test_moe_config_holds_the_real_expert_width():
+    config = PolyComConfig.matched(activation="polyrelu", intermediate_size=64, moe_intermediate_size=32,
+                                   num_experts=4, num_experts_per_tok=2, ffn_width_multiple=16)
+    assert (config.intermediate_size, config.moe_intermediate_size) == (96, 48)
+    assert config.ffn_width_source["gated_moe_intermediate_size"] == 32
+
+
+def test_config_json_from_before_the_real_width_is_converted(tmp_path):
+    """config.json written by earlier versions held the gated width and ``ffn_width_multiple``."""
+    legacy = PolyComConfig(activation="gelu", intermediate_size=704).to_dict()
+    legacy.pop("ffn_width_source")
+    legacy["ffn_width_multiple"] = 16
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    config = PolyComConfig.from_pretrained(tmp_path)
+    assert config.intermediate_size == 1056 and config.ffn_width_source["gated_intermediate_size"] == 704
+    assert "ffn_width_multiple" not in config.to_dict()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from polycom.activations import ACTIVATIONS, polynorm_reference, polyrelu_reference
+from polycom.model.activations import ACTIVATIONS, polynorm_reference, polyrelu_reference
 from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.model.layers import FeedForward
 from polycom.model.moe import (
@@ -32,7 +32,7 @@ def moe_config(activation="polynorm", **overrides) -> PolyComConfig:
     kwargs = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, activation=activation,
                   num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, ffn_width_multiple=8)
     kwargs.update(overrides)
-    return PolyComConfig(**kwargs)
+    return PolyComConfig.matched(**kwargs)
 
 
 def randomize_coefficients(module: torch.nn.Module) -> None:
@@ -86,7 +86,7 @@ def test_single_expert_top1_equals_dense_ffn(activation, norm_topk_prob):
     cfg = moe_config(activation, num_experts=1, num_experts_per_tok=1, norm_topk_prob=norm_topk_prob,
                      intermediate_size=16)
     dense, moe = FeedForward(cfg).double(), MoEFeedForward(cfg).double()
-    assert moe.expert_hidden_size == cfg.ffn_hidden_size
+    assert moe.expert_hidden_size == cfg.intermediate_size
     randomize_coefficients(dense)
     with torch.no_grad():
         moe.up_proj[0].copy_(dense.up_proj.weight.T)
@@ -358,7 +358,7 @@ def test_hf_roundtrip_keeps_expert_weights(tmp_path, make_tiny_model, shared):
 def config_from_yaml(name: str, activation: str, vocab_size: int) -> PolyComConfig:
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}"])
-    return PolyComConfig(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation,
+    return PolyComConfig.matched(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation,
                          vocab_size=vocab_size)
 
 
@@ -371,7 +371,7 @@ def counts_on_meta(config: PolyComConfig):
 def test_paper_moe_1b7b_matches_olmoe_size():
     swiglu = config_from_yaml("paper_moe_1b7b", "swiglu", 50304)
     polynorm = config_from_yaml("paper_moe_1b7b", "polynorm", 50304)
-    assert (swiglu.expert_hidden_size, polynorm.expert_hidden_size) == (1024, 1536)
+    assert (swiglu.moe_intermediate_size, polynorm.moe_intermediate_size) == (1024, 1536)
     routing = (swiglu.num_experts, swiglu.num_experts_per_tok, swiglu.norm_topk_prob)
     assert routing == (64, 8, False) and swiglu.qk_norm
     s, s_active = counts_on_meta(swiglu)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
-from polycom.activations import ACTIVATIONS
+from polycom.model.activations import ACTIVATIONS
 from polycom.train.config import register_schema
 
 register_schema()

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from polycom.activations import get_activation
+from polycom.model.activations import get_activation
 
 MATRIX_KINDS = ("gate", "up", "down")
 

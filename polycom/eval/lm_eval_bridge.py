@@ -7,16 +7,21 @@ scores exactly the requests ``evaluate_tasks`` scores. MMLU and BLiMP become one
 paradigm (``mmlu_<subject>``, ``blimp_<paradigm>``), as in lm-eval, so ``limit`` applies per subject there
 too. ``TaskManager(include_defaults=False)`` skips indexing lm-eval's thousands of built-in tasks.
 
-lm-eval's own task definitions (for the CLI, see README_lm_eval.md) differ from ours in the three
-places listed in ``polycom.eval.tasks``.
+``write_task_folder`` writes the same tasks for lm-eval's *command line* (``lm_eval --include_path``), which
+cannot call Python code of ours: each table's prompts are rendered once into a JSON-lines file (``query``,
+``choices``, ``target``) and a task YAML reads those fields by name, so the stock ``lm_eval`` executable
+scores the same requests with nothing of polycom installed.
+
+lm-eval's own task definitions differ from ours in the three places listed in ``polycom.eval.tasks``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from polycom.eval.sources import Source, local_path
+from polycom.eval.sources import Source, load_rows, local_path
 from polycom.eval.tasks import Task, get_task
 
 # lm-eval "multiple input" tasks: each choice has its own context and all share one continuation.
@@ -68,6 +73,47 @@ def summarize(output: dict, tasks: Sequence[str]) -> dict[str, dict[str, float]]
         names = [m["metric"] for m in _METRICS[task.scoring]]
         summary[task.name] = {name: sum(t[f"{name},none"] for t in tables) / len(tables) for name in names}
     return summary
+
+
+def write_task_folder(tasks: Sequence[str], data_dir: str | Path | None, out_dir: str | Path,
+                      prefix: str = "polycom_", limit: int | None = None) -> list[str]:
+    """Task YAMLs (+ rendered JSON-lines data) for ``lm_eval --include_path out_dir``; returns the task names.
+
+    Tables are named ``<prefix><table>`` (``polycom_arc_easy``, ``polycom_blimp_adjunct_island``) so they never
+    shadow lm-eval's built-in tasks; a task of several tables also gets a group ``<prefix><task>`` averaging
+    them with equal weight, as ``evaluate_tasks`` does. ``limit`` renders only the first rows of each table.
+    """
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for task in map(get_task, tasks):
+        tables = []
+        for source in task.sources:
+            config = _config(task, source, data_dir)
+            name = prefix + config["task"]
+            data_file = out / f"{name}.jsonl"
+            with open(data_file, "w", encoding="utf-8") as f:
+                for row in load_rows(task.name, source, data_dir, limit):
+                    rendered = {"query": config["doc_to_text"](row), "target": config["doc_to_target"](row)}
+                    if "doc_to_choice" in config:
+                        rendered["choices"] = config["doc_to_choice"](row)
+                    f.write(json.dumps(rendered) + "\n")
+            yaml = {key: value for key, value in config.items() if not key.startswith(("doc_to_", "dataset_"))}
+            yaml.update(task=name, dataset_path="json", dataset_kwargs={"data_files": {"test": str(data_file)}},
+                        test_split="test", doc_to_text="query", doc_to_target="target")
+            if "doc_to_choice" in config:
+                yaml["doc_to_choice"] = "choices"
+            (out / f"{name}.yaml").write_text(json.dumps(yaml, indent=1) + "\n")  # JSON is valid YAML
+            tables.append(name)
+        if len(tables) == 1:
+            names.append(tables[0])
+            continue
+        group = {"group": prefix + task.name, "task": tables,
+                 "aggregate_metric_list": [{"metric": m["metric"], "aggregation": "mean", "weight_by_size": False}
+                                           for m in _METRICS[task.scoring] if m["aggregation"] == "mean"]}
+        (out / f"{prefix}{task.name}.yaml").write_text(json.dumps(group, indent=1) + "\n")
+        names.append(prefix + task.name)
+    return names
 
 
 def _config(task: Task, source: Source, data_dir: str | Path | None) -> dict:

@@ -2,9 +2,10 @@
 
     python -m polycom.eval.lm_eval_cli run --model hf --model_args pretrained=<run>/hf --tasks arc_easy
 
-lm-eval loads ``--model hf`` folders with ``AutoModelForCausalLM``, which knows ``model_type: polycom``
-only after ``import polycom.model``; the ``lm_eval`` executable has no hook to import a plugin
-(``--include_path`` adds task YAMLs, not code), hence this wrapper. All arguments go to lm-eval unchanged.
+An exported folder carries its own code, so the stock ``lm_eval`` runs it with ``trust_remote_code=True``
+(README, "Sharing a checkpoint"). This wrapper is for running it through the installed package instead
+(``trust_remote_code=False``: the folder's code is not executed): it imports ``polycom.model``, which registers
+``model_type: polycom`` with ``AutoModelForCausalLM``, then hands every argument to lm-eval unchanged.
 """
 
 from __future__ import annotations

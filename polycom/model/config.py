@@ -1,15 +1,17 @@
 """`PolyComConfig`: the model's Hugging Face configuration.
 
-``intermediate_size`` is the hidden width of a *gated* (SwiGLU) FFN. Non-gated activations get 1.5x that
-width, rounded to ``ffn_width_multiple``, so every activation has the same FFN parameter count
-(3·d·h = 2·d·1.5h). The width the model actually uses is ``ffn_hidden_size``.
+``intermediate_size`` / ``moe_intermediate_size`` are the FFN (per-expert) hidden widths the model really
+has, as in every Hugging Face config. Runs compare activations at equal parameter count: the training config
+names the *gated* (SwiGLU) width, and non-gated activations get 1.5x it, rounded to a multiple
+(3·d·h = 2·d·1.5h). ``PolyComConfig.matched`` applies that rule and records where the widths came from in
+``ffn_width_source``, so an exported ``config.json`` states both the real width and the rule behind it.
 """
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from polycom.activations import MAX_ORDER, MIN_ORDER, get_activation
+from .activations import MAX_ORDER, MIN_ORDER, get_activation
 
 
 def matched_ffn_width(gated_width: int, gated: bool, multiple: int) -> int:
@@ -29,8 +31,7 @@ class PolyComConfig(PretrainedConfig):
     max_position_embeddings: int = 1024
     activation: str = "polynorm"
     activation_order: int = 3
-    intermediate_size: int = 704
-    ffn_width_multiple: int = 16
+    intermediate_size: int = 1056  # the dense FFN's hidden width (per gate for gated activations)
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     polycom_eps: float = 1e-6
@@ -45,16 +46,43 @@ class PolyComConfig(PretrainedConfig):
     # Mixture of experts: num_experts == 0 means a dense FFN in every layer.
     num_experts: int = 0
     num_experts_per_tok: int = 1
-    moe_intermediate_size: int = 0  # gated (SwiGLU) width of one expert
+    moe_intermediate_size: int = 0  # one expert's hidden width
     norm_topk_prob: bool = False
     router_jitter: float = 0.0
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     moe_shared_coefficients: bool = True
+    # How the widths were chosen (``matched``): the gated widths they are matched to and the rounding multiple.
+    ffn_width_source: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        legacy_multiple = self.__dict__.pop("ffn_width_multiple", None)
+        if legacy_multiple is not None and self.ffn_width_source is None:
+            # config.json written before 2026-12-04 held the gated widths and the multiple: convert them
+            self._apply_matching(self.intermediate_size, self.moe_intermediate_size, legacy_multiple)
         self.validate()
+
+    @classmethod
+    def matched(cls, *, intermediate_size: int = 704, moe_intermediate_size: int = 0, ffn_width_multiple: int = 16,
+                **kwargs) -> "PolyComConfig":
+        """A config whose FFN widths give the parameters of a gated (SwiGLU) FFN of ``intermediate_size``
+        (one expert of ``moe_intermediate_size``) whatever the activation."""
+        config = cls(intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size, **kwargs)
+        config._apply_matching(intermediate_size, moe_intermediate_size, ffn_width_multiple)
+        config.validate()
+        return config
+
+    def _apply_matching(self, gated_width: int, gated_expert_width: int, multiple: int) -> None:
+        gated = get_activation(self.activation).gated
+        self.intermediate_size = matched_ffn_width(gated_width, gated, multiple)
+        self.moe_intermediate_size = matched_ffn_width(gated_expert_width, gated, multiple) if gated_expert_width else 0
+        self.ffn_width_source = {
+            "rule": "parameters matched to a gated (SwiGLU) FFN: non-gated activations get 1.5x its width, "
+                    "rounded to width_multiple",
+            "gated_intermediate_size": gated_width, "gated_moe_intermediate_size": gated_expert_width,
+            "width_multiple": multiple,
+        }
 
     def validate(self) -> None:
         """Raise ValueError naming the field for inconsistent settings."""
@@ -83,15 +111,3 @@ class PolyComConfig(PretrainedConfig):
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
-
-    @property
-    def ffn_hidden_size(self) -> int:
-        """Hidden width of a dense FFN for this activation (1.5x rule applied)."""
-        gated = get_activation(self.activation).gated
-        return matched_ffn_width(self.intermediate_size, gated, self.ffn_width_multiple)
-
-    @property
-    def expert_hidden_size(self) -> int:
-        """Hidden width of one expert for this activation (1.5x rule applied)."""
-        gated = get_activation(self.activation).gated
-        return matched_ffn_width(self.moe_intermediate_size, gated, self.ffn_width_multiple)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycom.activations import get_activation
-from polycom.model.config import PolyComConfig
+from .activations import get_activation
+from .config import PolyComConfig
 
 
 class RMSNorm(nn.Module):
@@ -90,7 +90,7 @@ class FeedForward(nn.Module):
         super().__init__()
         spec = get_activation(config.activation)
         self.gated = spec.gated
-        hidden = hidden or config.ffn_hidden_size
+        hidden = hidden or config.intermediate_size
         self.up_proj = nn.Linear(config.hidden_size, (2 if self.gated else 1) * hidden, bias=False)
         self.down_proj = nn.Linear(hidden, config.hidden_size, bias=False)
         self.down_proj.is_residual_projection = True

@@ -17,9 +17,9 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from polycom.activations import _PolyCom
-from polycom.model.config import PolyComConfig
-from polycom.model.layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
+from .activations import _PolyCom
+from .config import PolyComConfig
+from .layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
 
 
 # transformers renamed the KV cache argument and output field from ``past_key_values`` to ``cache`` (5.2x);
@@ -44,7 +44,7 @@ class DecoderLayer(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if config.is_moe:
-            from polycom.model.moe import MoEFeedForward
+            from .moe import MoEFeedForward
 
             self.mlp = MoEFeedForward(config)
         else:

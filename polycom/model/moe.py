@@ -13,8 +13,8 @@ One MoE layer replaces a block's dense FFN:
    slice: ``torch.nn.functional.grouped_mm`` (one call for all experts) where it applies, else a Python loop
    over the non-empty experts with one matmul pair each (see ``MoEFeedForward._use_grouped_mm``). The weights
    are 3-D parameters, ``up_proj (E, d, h or 2h)`` and ``down_proj (E, h, d)``, with h =
-   ``config.expert_hidden_size`` (1.5x the gated width for non-gated activations, so every activation has the
-   same parameter count).
+   ``config.moe_intermediate_size`` (``PolyComConfig.matched`` gives non-gated activations 1.5x the gated width,
+   so every activation has the same parameter count).
 4. **Combine.** Each slot's output is scaled by its routing weight and the k slots of a token are summed
    (``index_add_`` back to the token's row).
 
@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from polycom.activations import get_activation
-from polycom.model.config import PolyComConfig
-from polycom.model.layers import build_activation
+from .activations import get_activation
+from .config import PolyComConfig
+from .layers import build_activation
 
 EXPERT_BACKENDS = ("auto", "loop", "grouped_mm")
 
@@ -131,7 +131,7 @@ class MoEFeedForward(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob  # OLMoE-1B-7B: False (the top-k weights sum to < 1)
         self.router_jitter = config.router_jitter
         self.hidden_size = d = config.hidden_size
-        self.expert_hidden_size = h = config.expert_hidden_size
+        self.expert_hidden_size = h = config.moe_intermediate_size
         self.router = nn.Linear(d, self.num_experts, bias=False)
         self.up_proj = nn.Parameter(torch.empty(self.num_experts, d, (2 if self.gated else 1) * h))
         self.down_proj = nn.Parameter(torch.empty(self.num_experts, h, d))

@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from polycom.activations import ACTIVATIONS
+from polycom.model.activations import ACTIVATIONS
 from polycom.report.runs import variant_of, variants
 from polycom.report.stats import aggregate, by_activation, paired_difference
 

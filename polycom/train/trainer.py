@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from polycom.activations import _PolyCom
+from polycom.model.activations import _PolyCom
 from polycom.data import batched, build_tokenizer, padded_vocab_size, train_blocks, validation_blocks
 from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.train import checkpoint as ckpt
@@ -48,7 +48,7 @@ def build_accelerator(trainer_cfg) -> Accelerator:
 
 def build_model_config(cfg, tokenizer) -> PolyComConfig:
     eos = tokenizer.eos_token_id
-    return PolyComConfig(
+    return PolyComConfig.matched(
         **OmegaConf.to_container(cfg.model, resolve=True),
         activation=cfg.activation.name,
         activation_order=cfg.activation.order,
@@ -330,7 +330,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         "activation_order": cfg.activation.order,
         "seed": cfg.seed,
         "model": {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()},
-        "ffn_hidden_size": model_config.expert_hidden_size if model_config.is_moe else model_config.ffn_hidden_size,
+        "ffn_hidden_size": model_config.moe_intermediate_size if model_config.is_moe else model_config.intermediate_size,
         "vocab_size": model_config.vocab_size,
         **counts,
         "tokens": state["tokens"],

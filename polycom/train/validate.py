@@ -5,8 +5,8 @@ Each failure raises ``ConfigError`` whose message names the config key, the valu
 
 from __future__ import annotations
 
-from polycom.activations import ACTIVATIONS, MAX_ORDER, MIN_ORDER
-from polycom.train.schedule import SCHEDULES, warmup_steps_for
+from polycom.model.activations import ACTIVATIONS, MAX_ORDER, MIN_ORDER
+from polycom.train.schedule import SCHEDULES, total_steps, warmup_steps_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -21,13 +21,6 @@ class ConfigError(ValueError):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-def total_steps(trainer_cfg) -> int:
-    if trainer_cfg.max_steps is not None:
-        return int(trainer_cfg.max_steps)
-    tokens_per_step = trainer_cfg.global_batch_size * trainer_cfg.seq_len
-    return -(-int(trainer_cfg.max_tokens) // tokens_per_step)
 
 
 def validate_config(cfg, world_size: int = 1) -> None:
