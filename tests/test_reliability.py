@@ -2,10 +2,10 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +27,18 @@ def _launch(run_dir: Path, extra=(), fault: str = "") -> subprocess.Popen:
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+# generous: these tests must hold on a machine loaded enough that a step takes 20 s; nothing else waits on a clock
+TIMEOUT = 3600
+
+
 def _finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err[-3000:]
+
+
+def _killed(proc: subprocess.Popen, fault: str) -> None:
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL, f"{fault} did not fire: exit {proc.returncode}\n{err[-3000:]}"
 
 
 def _step_losses(run_dir: Path) -> list:
@@ -43,29 +52,56 @@ def uninterrupted(tmp_path_factory):
     return _step_losses(run_dir)
 
 
+FAULTS = ("kill_in_step", "kill_after_log", "kill_in_save")
+
+
+def three_faults(seed: int) -> list[str]:
+    """Three kill points drawn at random (reproducibly), one in each of the windows of steps 1-4, 5-8 and 9-12,
+    so each lies after the checkpoint the previous kill resumes from and every one of them fires."""
+    rng = random.Random(seed)
+    faults = []
+    for window in range(3):
+        kind = rng.choice(FAULTS)
+        step = 4 * (window + 1) if kind == "kill_in_save" else rng.randint(4 * window + 1, 4 * window + 4)
+        faults.append(f"{kind}:{step}")
+    return faults
+
+
+SEEDS = [0, 1, 5]  # between them: every kind of kill, and a kill before the first checkpoint (seed 5)
+
+
 @pytest.mark.slow
-def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_three_kills_at_random_points_then_resume_matches_uninterrupted(tmp_path, uninterrupted, seed):
+    """SIGKILL mid-step, right after a metrics line or mid-save, three times; then the newest checkpoint's weights
+    are truncated. resume=auto falls back to the previous checkpoint and the run logs exactly the uninterrupted
+    run's losses, each step once."""
     run_dir = tmp_path / "run"
-    proc = _launch(run_dir)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once step 6 is logged: after checkpoint 4, before checkpoint 8
-        if (run_dir / "metrics.jsonl").exists() and any(
-                json.loads(line)["step"] >= 6 for line in (run_dir / "metrics.jsonl").read_text().splitlines()):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert [p.name for p in ckpt.list_checkpoints(run_dir)][-1] in ("step_00000004", "step_00000008")
+    for i, fault in enumerate(three_faults(seed)):
+        _killed(_launch(run_dir, ["trainer.resume=auto"] if i else [], fault=fault), fault)
+    newest, previous = ckpt.list_checkpoints(run_dir)[-1], ckpt.list_checkpoints(run_dir)[-2]
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     _finish(_launch(run_dir, ["trainer.resume=auto"]))
+    log = (run_dir / "train.log").read_text()
+    assert f"resuming from {previous} instead" in log and "model.safetensors" in log
     assert _step_losses(run_dir) == uninterrupted
+    assert [step for step, _ in _step_losses(run_dir)] == list(range(1, 17))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_drawn_kill_points_cover_every_kind_and_window(seed):
+    faults = three_faults(seed)
+    steps = [int(f.split(":")[1]) for f in faults]
+    assert all(4 * w < s <= 4 * (w + 1) for w, s in enumerate(steps))
+    assert {f.split(":")[0] for s in SEEDS for f in three_faults(s)} == set(FAULTS)
+    assert "kill_in_save:4" in three_faults(5)
 
 
 @pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    proc = _launch(run_dir, fault="kill_in_save:8")
-    proc.wait(timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    _killed(_launch(run_dir, fault="kill_in_save:8"), "kill_in_save:8")
     assert [p.name for p in ckpt.list_checkpoints(run_dir)] == ["step_00000004"]
     assert (run_dir / "checkpoints" / "step_00000008.tmp").is_dir()  # the half-written one, never used
     ckpt.verify(run_dir / "checkpoints" / "step_00000004")
@@ -95,6 +131,42 @@ def test_altered_checkpoint_is_detected(tmp_path):
     with pytest.raises(ckpt.CorruptCheckpointError, match="checksum"):
         ckpt.verify(folder)
     assert ckpt.latest_valid_checkpoint(tmp_path) is None
+
+
+class _Payload:
+    """Unpickling this runs code: it writes ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("victim", ["random_states_0.pkl", "optimizer.bin"])
+def test_a_tampered_pickle_in_a_checkpoint_is_refused_without_running_it(tmp_path, victim):
+    _train(tmp_path, ["trainer.max_steps=4", "trainer.checkpoint_interval=4"])
+    folder = tmp_path / "checkpoints" / "step_00000004"
+    marker = tmp_path / "code-ran"
+    torch.save({"state": _Payload(marker)}, folder / victim)
+    ckpt.write_manifest(folder)  # whoever tampers can rewrite the manifest too: it guards against damage, not attacks
+    with pytest.raises(ckpt.UnsafeCheckpointError, match=victim):
+        _train(tmp_path, ["trainer.max_steps=8", "trainer.checkpoint_interval=4", "trainer.resume=auto"])
+    assert not marker.exists()
+    torch.load(folder / victim, weights_only=False)  # the payload is live: a plain unpickle runs it
+    assert marker.read_text() == "ran"
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    common = ["trainer.max_steps=8", "trainer.checkpoint_interval=4", "trainer.log_interval=1", "eval.interval=100"]
+    straight = tmp_path / "straight"
+    _train(straight, common)
+    run = tmp_path / "run"
+    _train(run, common + ["trainer.stop_after=4"])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "tokens": 5120, "lo')  # what a SIGKILL in the middle of a write leaves
+    _train(run, common + ["trainer.resume=auto"])
+    assert _step_losses(run) == _step_losses(straight)
 
 
 def test_failure_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -132,6 +132,57 @@ def test_resume_gives_identical_per_step_losses(tmp_path):
     assert final_a["val_loss"] == final_b["val_loss"] and final_b["steps"] == 12
 
 
+EXTEND = ["activation=gelu", "seed=1", "trainer.log_interval=1", "trainer.checkpoint_interval=6", "eval.interval=100"]
+
+
+def _assert_same_losses(straight, extended):
+    a, b = _losses(straight), _losses(extended)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))  # none missing, none twice
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "wsd"])
+def test_extending_a_finished_run_equals_the_straight_run(tmp_path, caplog, schedule):
+    """6 steps, then trainer.max_steps raised to 12 and resumed = 12 steps straight (schedule, data position, RNG,
+    optimizer all restored). wsd continues from its kept pre-decay checkpoint, not the decayed end of the 6."""
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    _train(straight, EXTEND + [f"schedule={schedule}", "trainer.max_steps=12"])
+    first = _train(extended, EXTEND + [f"schedule={schedule}", "trainer.max_steps=6"])
+    assert first["complete"] and first["steps"] == 6
+    with caplog.at_level("WARNING"):
+        summary = _train(extended, EXTEND + [f"schedule={schedule}", "trainer.max_steps=12", "trainer.resume=auto"])
+    _assert_same_losses(straight, extended)
+    assert summary["val_loss"] == json.loads((straight / "summary.json").read_text())["val_loss"]
+    assert summary["steps"] == 12 and summary["schedule_changed_at_step"] is None
+    if schedule == "wsd":  # decay over the last round(0.2 x 6) = 1 step: the update after step 5 is decayed
+        assert "step_00000006" in caplog.text and "continuing from" in caplog.text and "step_00000005" in caplog.text
+        assert json.loads((extended / "checkpoints" / "step_00000005" / "trainer_state.json").read_text())["keep"]
+    else:
+        assert "schedule" not in caplog.text
+
+
+def test_extending_a_cosine_run_warns_and_records_where_the_schedule_changed(tmp_path, caplog):
+    """cosine decays over the planned length, so a 6-step run extended to 12 legitimately differs from 12 straight."""
+    _train(tmp_path, EXTEND + ["trainer.max_steps=6"])
+    with caplog.at_level("WARNING"):
+        summary = _train(tmp_path, EXTEND + ["trainer.max_steps=12", "trainer.resume=auto"])
+    assert "learning-rate schedule changed" in caplog.text
+    assert summary["schedule_changed_at_step"] == 3  # smoke: warmup 0-1, both cosines start at 1.0 (step 2), then part
+    assert [r["step"] for r in _losses(tmp_path)] == list(range(1, 13))
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_summary(tmp_path):
+    from polycom.train.validate import ConfigError
+
+    first = _train(tmp_path, ["trainer.max_steps=4", "trainer.log_interval=1"])
+    logged = _losses(tmp_path)
+    again = _train(tmp_path, ["trainer.max_steps=4", "trainer.log_interval=1", "trainer.resume=auto"])
+    assert again == json.loads(json.dumps(first)) and _losses(tmp_path) == logged
+    with pytest.raises(ConfigError, match="past the 2 steps"):
+        _train(tmp_path, ["trainer.max_steps=2", "schedule.warmup_steps=1", "trainer.resume=auto"])
+
+
 def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path):
     from polycom.train.validate import ConfigError
 

@@ -6,6 +6,15 @@ last, ``MANIFEST.json`` with the size and SHA-256 of every other file. It is wri
 name and renamed into place only when complete, so a crash while saving leaves the previous checkpoints
 untouched. On load, a folder whose manifest is missing or does not match its files is rejected and
 ``resume=auto`` falls back to the previous good one.
+
+Loading never runs code from the folder: weights are safetensors, the trainer state JSON, and the pickled
+files Accelerate writes (optimizer state, RNG states) are read with ``torch.load(weights_only=True)``, which
+admits tensors and plain data only. A file that needs more is refused with ``UnsafeCheckpointError`` naming
+it; the RNG states are read first, by this module, because Accelerate skips an unreadable RNG file silently
+(the resume would then go on with other random numbers).
+
+Checkpoints whose trainer state has ``"keep": true`` (the wsd schedule's pre-decay checkpoint) are never
+pruned.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +37,10 @@ PREFIX = "step_"
 
 class CorruptCheckpointError(RuntimeError):
     pass
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A pickled file of the checkpoint holds more than tensors and plain data (it could run code)."""
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -77,8 +92,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def latest_valid_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that passes verification, warning about every newer one that does not."""
+def valid_checkpoints(run_dir: Path) -> Iterator[Path]:
+    """Checkpoints that pass verification, newest first (verified lazily), warning about each one that does not."""
     rejected: list[str] = []
     for folder in reversed(list_checkpoints(run_dir)):
         try:
@@ -88,10 +103,19 @@ def latest_valid_checkpoint(run_dir: Path) -> Path | None:
             continue
         for reason in rejected:
             log.warning("skipping corrupt checkpoint: %s; resuming from %s instead", reason, folder)
-        return folder
+        rejected = []
+        yield folder
     for reason in rejected:
         log.warning("skipping corrupt checkpoint: %s (no valid checkpoint left)", reason)
-    return None
+
+
+def latest_valid_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that passes verification, warning about every newer one that does not."""
+    return next(valid_checkpoints(run_dir), None)
+
+
+def read_trainer_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / TRAINER_STATE).read_text())
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, trainer_state: dict, keep: int) -> Path:
@@ -119,16 +143,37 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, trainer_state: dict, 
 
 
 def load_checkpoint(accelerator, folder: Path) -> dict:
+    from accelerate.utils import load as safe_load  # torch.load(weights_only=True), numpy arrays allowed
+
+    folder = Path(folder)
     verify(folder)
-    accelerator.load_state(str(folder))
-    return json.loads((folder / TRAINER_STATE).read_text())
+    rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        safe_load(rng_file)
+    except FileNotFoundError as err:
+        raise CorruptCheckpointError(f"{rng_file}: missing (this process's RNG states)") from err
+    except Exception as err:
+        raise UnsafeCheckpointError(f"{rng_file}: refused by torch.load(weights_only=True), so not loaded: "
+                                    f"{type(err).__name__}: {str(err)[:300]}") from err
+    try:
+        accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as err:
+        pickled = ", ".join(sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pkl", ".pt")))
+        raise UnsafeCheckpointError(f"{folder}: one of its pickled files ({pickled}) was refused by "
+                                    f"torch.load(weights_only=True), so not loaded: {str(err)[:300]}") from err
+    return read_trainer_state(folder)
 
 
 def _prune(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            kept = read_trainer_state(old).get("keep", False)
+        except (OSError, ValueError):
+            kept = False
+        if not kept:
+            shutil.rmtree(old, ignore_errors=True)
     for stale in (Path(run_dir) / "checkpoints").glob(f"{PREFIX}*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -6,6 +6,13 @@
   beside it whose configuration (ignoring ``trainer.resume``, logging and paths) is the same as this one's,
   and training continues there. No checkpoint anywhere: a fresh run.
 - a path: that checkpoint folder, or the newest valid checkpoint of that run directory.
+
+A run continued with another schedule (``trainer.max_steps`` raised to extend a finished run, another lr)
+equals a run planned that way from the start only if the steps already trained had the learning rates the
+new schedule gives them (``schedule_change``). When the newest checkpoint's did not, ``auto`` takes the newest
+*kept* checkpoint whose steps did (wsd's pre-decay checkpoint: extending a wsd run branches off before its
+decay); if there is none (cosine, whose curve stretches with the run) it continues from the newest with a
+warning, and the run's summary records the first step trained with another learning rate.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from polycom.train import checkpoint as ckpt
+from polycom.train.schedule import Schedule
 from polycom.train.validate import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,7 +57,7 @@ def resolve_resume(cfg, run_dir: Path) -> tuple[Path, Path | None]:
         _write_fingerprint(run_dir, fingerprint)
         return run_dir, None
     if resume == "auto":
-        found = ckpt.latest_valid_checkpoint(run_dir)
+        found = _newest_continuable(run_dir, Schedule.for_run(cfg))
         if found is None:
             sibling = _newest_matching_run(run_dir, fingerprint)
             if sibling is not None:
@@ -65,6 +73,32 @@ def resolve_resume(cfg, run_dir: Path) -> tuple[Path, Path | None]:
     if found is None:
         raise ConfigError(f"trainer.resume={resume}: no valid checkpoint there")
     return path, found
+
+
+def schedule_change(trainer_state: dict, schedule: Schedule) -> int | None:
+    """The first update already trained (before the checkpoint's step) whose learning rate under ``schedule``
+    differs from the one it was trained with; None when they all agree or the checkpoint records no schedule."""
+    saved = trainer_state.get("schedule")
+    if saved is None:
+        return None
+    return Schedule.from_dict(saved).first_difference(schedule, trainer_state["step"])
+
+
+def _newest_continuable(run_dir: Path, schedule: Schedule) -> Path | None:
+    """The newest valid checkpoint, unless its steps followed another schedule and a kept one's did not."""
+    newest = None
+    for folder in ckpt.valid_checkpoints(run_dir):
+        state = ckpt.read_trainer_state(folder)
+        if newest is None:
+            newest = folder
+            if schedule_change(state, schedule) is None:
+                return folder
+        elif state.get("keep") and schedule_change(state, schedule) is None:
+            log.warning("trainer.resume=auto: %s was trained with learning rates this run's schedule does not give "
+                        "(it changed, e.g. trainer.max_steps); continuing from %s, kept before the decay, so the run "
+                        "equals one planned this long from the start", newest, folder)
+            return folder
+    return newest
 
 
 def _write_fingerprint(run_dir: Path, fingerprint: str) -> None:

@@ -29,10 +29,10 @@ from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.train import checkpoint as ckpt
 from polycom.train.metrics import device_peak_flops, mfu, model_flops_per_token
 from polycom.train.optim import build_optimizer
-from polycom.train.resume import resolve_resume
-from polycom.train.schedule import lr_multiplier, warmup_steps_for
+from polycom.train.resume import resolve_resume, schedule_change
+from polycom.train.schedule import Schedule
 from polycom.train.tracking import MetricsLogger
-from polycom.train.validate import ConfigError, total_steps, validate_config
+from polycom.train.validate import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +200,32 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     tc = cfg.trainer
     accum = tc.global_batch_size // (tc.micro_batch_size * world)
     tokens_per_step = tc.global_batch_size * tc.seq_len
-    steps = total_steps(tc)
-    warmup = warmup_steps_for(cfg.schedule, steps, tokens_per_step)
+    schedule = Schedule.for_run(cfg)
+    steps = schedule.total_steps
 
     state = {"step": 0, "tokens": 0, "nonfinite_steps": 0, "wall_seconds": 0.0}
     if resume_from is not None:
-        state.update(ckpt.load_checkpoint(accelerator, resume_from))
+        loaded = ckpt.load_checkpoint(accelerator, resume_from)
+        changed_at = schedule_change(loaded, schedule)
+        loaded.pop("schedule", None), loaded.pop("keep", None)
+        state.update(loaded)
         log.info("resumed from %s at step %d", resume_from, state["step"])
+        if changed_at is not None:
+            log.warning("the learning-rate schedule changed (e.g. trainer.max_steps): update %d of the %d already "
+                        "trained had lr %.3g, this run's schedule gives it %.3g; the continuation will differ from "
+                        "a run planned this way from the start (README: Resuming)", changed_at, state["step"],
+                        Schedule.from_dict(ckpt.read_trainer_state(resume_from)["schedule"]).lr(changed_at),
+                        schedule.lr(changed_at))
+            state["schedule_changed_at_step"] = min(changed_at, state.get("schedule_changed_at_step", changed_at))
     start_step = state["step"]
+    if start_step > steps:
+        raise ConfigError(f"{resume_from} is at step {start_step}, past the {steps} steps this config trains "
+                          "(trainer.max_steps / trainer.max_tokens): raise the budget or resume an earlier checkpoint")
+    finished = run_dir / "summary.json"
+    if start_step == steps and finished.exists() and json.loads(finished.read_text()).get("complete"):
+        log.info("%s: already trained to step %d, nothing to do; summary in %s", run_dir, steps, finished)
+        accelerator.end_training()
+        return json.loads(finished.read_text())
     wall_before = state["wall_seconds"]  # time spent in earlier (interrupted) sessions of this run
     blocks_per_step_per_rank = accum * tc.micro_batch_size
     stream = train_blocks(cfg.data, tokenizer, tc.seq_len, seed=cfg.seed, rank=accelerator.process_index,
@@ -219,17 +237,19 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     peak = device_peak_flops(accelerator.device)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_name = cfg.logger.run_name or f"{cfg.activation.name}-s{cfg.seed}"
+    # lines past the starting step are from an interrupted session (or one that never checkpointed): dropped
     logger = MetricsLogger(run_dir, cfg.logger, run_name, cfg.logger.group or wandb_group or cfg.task_name,
-                           {**resolved, "run_dir": str(run_dir), **counts}, enabled=is_main,
-                           resume_step=start_step if resume_from is not None else None)
+                           {**resolved, "run_dir": str(run_dir), **counts}, enabled=is_main, resume_step=start_step)
     if is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("model: %s, %s parameters (%s active); %d steps of %d tokens; run dir %s",
                  cfg.activation.name, f"{counts['num_params']:,}", f"{counts['num_params_active']:,}", steps,
                  tokens_per_step, run_dir)
 
-    def save(step_state: dict) -> None:
-        ckpt.save_checkpoint(accelerator, run_dir, step_state["step"], step_state, tc.keep_checkpoints)
+    def save(keep: bool) -> None:
+        state["wall_seconds"] = wall_before + time.time() - started
+        trainer_state = {**state, "schedule": schedule.to_dict(), "keep": keep}
+        ckpt.save_checkpoint(accelerator, run_dir, state["step"], trainer_state, tc.keep_checkpoints)
 
     def evaluate_downstream() -> dict:
         from polycom.eval import evaluate_tasks, flatten_metrics
@@ -250,8 +270,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     exit_code = 1
     try:
         for step in range(start_step, steps):
-            lr = cfg.optim.lr * lr_multiplier(step, steps, warmup, cfg.schedule.name, cfg.schedule.min_lr_ratio,
-                                              cfg.schedule.decay_fraction)
+            lr = schedule.lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             micro_batches = [next(batches) for _ in range(accum)]
@@ -308,9 +327,9 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
                 record.setdefault("loss", accelerator.reduce(lm_loss, reduction="mean").item())
                 logger.log(record)
             pause = tc.stop_after is not None and state["step"] - start_step >= tc.stop_after and not last
-            if (tc.checkpoint_interval and state["step"] % tc.checkpoint_interval == 0) or last or pause:
-                state["wall_seconds"] = wall_before + time.time() - started
-                save(dict(state))
+            pre_decay = state["step"] == schedule.decay_start  # wsd: kept, a run extended later branches off here
+            if (tc.checkpoint_interval and state["step"] % tc.checkpoint_interval == 0) or last or pause or pre_decay:
+                save(keep=pre_decay)
             if pause:
                 log.info("trainer.stop_after=%d: pausing at step %d; continue with trainer.resume=auto",
                          tc.stop_after, state["step"])
@@ -340,6 +359,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         "val_tokens": int(val_blocks.numel()),
         "final_train_loss": final_record.get("loss"),
         "nonfinite_steps": state["nonfinite_steps"],
+        "schedule_changed_at_step": state.get("schedule_changed_at_step"),
         "complete": state["step"] == steps,
         "wall_seconds": wall_before + time.time() - started,
         "world_size": world,
