@@ -44,8 +44,8 @@ from torch import nn
 
 from polycom.model.activations import ACTIVATIONS, BACKENDS, OfficialPolyNorm, set_activation_backend
 from polycom.model import PolyComConfig, PolyComForCausalLM
-from polycom.train.metrics import cpu_model, device_peak_flops, flops_param_count, measure_cpu_peak_flops, mfu, \
-    model_flops_per_token
+from polycom.model.stats import count_parameters, model_flops_per_token
+from polycom.train.metrics import cpu_model, device_peak_flops, measure_cpu_peak_flops, mfu
 from polycom.train.optim import build_optimizer
 
 MODEL_SIZES = {  # d_model, layers, heads, gated (SwiGLU) FFN width
@@ -202,7 +202,7 @@ class Entry:
         self.name, self.device = name, device
         self.model = model.to(device).train()
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.flops_params = flops_param_count(self.model)
+        self.flops_params = count_parameters(self.model).matmul
         optim_cfg = SimpleNamespace(lr=3e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
                                     embedding_weight_decay=False, fused=None)
         self.optimizer = build_optimizer(self.model, optim_cfg)

@@ -19,15 +19,16 @@ import shutil
 from pathlib import Path
 
 from polycom.report.runs import add_by_option, config_values, find_run_dirs, variant_name
+from polycom.runs import CONFIG, METRICS, SUMMARY, run_name
 
-FILES = ("summary.json", "metrics.jsonl", "config.yaml")
+FILES = (SUMMARY, METRICS, CONFIG)
 FOLDERS = ("eval", "analysis")
 
 
-def run_name(summary: dict, variant: dict | None = None) -> str:
-    order = summary.get("activation_order")
-    suffix = f"-r{order}" if order not in (None, 3) and summary["activation"] in ("polynorm", "polyrelu") else ""
-    return f"{summary['activation']}{suffix}-s{summary['seed']}" + (f"-{variant_name(variant)}" if variant else "")
+def study_name(summary: dict, variant: dict | None = None) -> str:
+    """The run's folder in the study: ``run_name`` plus the values of the ``--by`` keys."""
+    return run_name(summary["activation"], summary["seed"], summary.get("activation_order"),
+                    variant_name(variant) if variant else None)
 
 
 def collect(roots: list[Path], out_dir: Path, by: list[str] = ()) -> list[Path]:
@@ -35,10 +36,10 @@ def collect(roots: list[Path], out_dir: Path, by: list[str] = ()) -> list[Path]:
     for run_dir in find_run_dirs(roots):
         if out_dir.resolve() in run_dir.resolve().parents:
             continue  # already collected
-        summary = json.loads((run_dir / "summary.json").read_text())
-        target = out_dir / run_name(summary, config_values(run_dir, list(by)))
-        if (target / "summary.json").is_file():
-            old = json.loads((target / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        target = out_dir / study_name(summary, config_values(run_dir, list(by)))
+        if (target / SUMMARY).is_file():
+            old = json.loads((target / SUMMARY).read_text())
             if old.get("run_dir") != summary.get("run_dir"):
                 raise SystemExit(f"{target} already holds the run {old.get('run_dir')}; not overwriting it with "
                                  f"{run_dir} (a sweep over another config key needs --by that key)")

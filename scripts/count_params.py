@@ -6,36 +6,24 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from polycom.model.activations import ACTIVATIONS
 from polycom.model import PolyComConfig, PolyComForCausalLM
-from polycom.train.config import register_schema
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from polycom.model.activations import ACTIVATIONS
+from polycom.model.stats import count_parameters
+from polycom.train.build import CONFIGS, compose_config, model_config
 
 
 def build_config(model_name: str, activation: str, vocab_size: int) -> PolyComConfig:
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model_name}"])
-    return PolyComConfig.matched(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation, vocab_size=vocab_size)
+    return model_config(compose_config([f"model={model_name}", f"activation={activation}"]), vocab_size=vocab_size)
 
 
 def count(config: PolyComConfig) -> tuple[int, int]:
     """(total, active) parameters; active differs from total only for MoE models."""
     with torch.device("meta"):
-        model = PolyComForCausalLM(config)
-    total = sum(p.numel() for p in model.parameters())
-    if config.is_moe:
-        from polycom.model.moe import count_active_parameters
-
-        return total, count_active_parameters(model)
-    return total, total
+        counts = count_parameters(PolyComForCausalLM(config))
+    return counts.total, counts.active
 
 
 def main() -> None:

@@ -31,15 +31,11 @@ CASES += [("moe-polynorm-compiled", ["model=moe_tiny", "activation=polynorm"], "
 
 def run_case(overrides: list[str], backend: str, run_dir: Path) -> list[float]:
     """The logged loss of every step of one case."""
-    from hydra import compose, initialize_config_dir
-
     from polycom.model import activations
-    from polycom.train.config import register_schema
+    from polycom.train.build import compose_config
     from polycom.train.trainer import train
 
-    register_schema()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=OVERRIDES + overrides)
+    cfg = compose_config(OVERRIDES + overrides)
     default, activations._DEFAULT_BACKEND = activations._DEFAULT_BACKEND, backend
     try:
         train(cfg, run_dir)

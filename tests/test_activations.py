@@ -70,7 +70,7 @@ def _x(*shape, seed=0, scale=1.0, dtype=torch.float64):
 # ---- registry vs float64 reference --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", [n for n in ACTIVATIONS if not ACTIVATIONS[n].polycom])
 def test_plain_activation_matches_float64_reference(name):
-    act = get_activation(name).build(3)
+    act = get_activation(name).build(3, 1e-6)
     x64 = _x(4, 8, 96, seed=1, scale=2.0)
     expected = REFERENCES[name](x64)
     torch.testing.assert_close(act(x64), expected, rtol=1e-12, atol=1e-12)
@@ -95,7 +95,7 @@ def test_swiglu_ffn_matches_float64_reference():
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("name", ["polyrelu", "polynorm"])
 def test_polycom_matches_float64_reference(name, order, backend):
-    act = get_activation(name).build(order)
+    act = get_activation(name).build(order, 1e-6)
     act.backend = backend
     ref = ref_polynorm if name == "polynorm" else ref_polyrelu
     x64 = _x(3, 7, 128, seed=order)

@@ -98,12 +98,9 @@ def assert_packs_documents(blocks, documents, eos):
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from polycom.train.config import register_schema
+    from polycom.train.build import compose_config
 
-    register_schema()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+    return compose_config(overrides)
 
 
 # ------------------------------------------------------------------------------------- local formats

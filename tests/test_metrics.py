@@ -7,15 +7,9 @@ import time
 import pytest
 import torch
 
+from polycom.model.stats import count_parameters, flops_per_token, model_flops_per_token
 from polycom.train import metrics
-from polycom.train.metrics import (
-    cuda_peak_flops_by_name,
-    device_peak_flops,
-    flops_param_count,
-    measure_cpu_peak_flops,
-    mfu,
-    model_flops_per_token,
-)
+from polycom.train.metrics import cuda_peak_flops_by_name, device_peak_flops, measure_cpu_peak_flops, mfu
 
 
 def test_flops_per_token_hand_computed():
@@ -28,13 +22,14 @@ def test_flops_per_token_hand_computed():
     assert model_flops_per_token(n, L, d, T) == 6 * n + 12 * L * d * T
 
 
-def test_flops_param_count_excludes_input_embedding_only(make_tiny_model):
+def test_matmul_parameters_exclude_the_input_embedding_only(make_tiny_model):
     model = make_tiny_model("gelu", tie_word_embeddings=False)
     total = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()
-    assert flops_param_count(model) == total - embed  # the LM head stays in: it is a matmul
+    assert count_parameters(model).matmul == total - embed  # the LM head stays in: it is a matmul
+    assert flops_per_token(model, 128) == model_flops_per_token(total - embed, 2, 64, 128)
     tied = make_tiny_model("gelu", tie_word_embeddings=True)
-    assert flops_param_count(tied) == sum(p.numel() for p in tied.parameters())  # shared matrix counted once
+    assert count_parameters(tied).matmul == sum(p.numel() for p in tied.parameters())  # shared matrix counted once
 
 
 def test_mfu_arithmetic():

@@ -3,12 +3,11 @@
 import json
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from polycom.model.activations import ACTIVATIONS
 from polycom.model import PolyComConfig, PolyComForCausalLM, matched_ffn_width
+from polycom.train import build
 from polycom.train.config import register_schema
 from conftest import REPO_ROOT
 
@@ -17,10 +16,8 @@ MODEL_CONFIGS = sorted(p.stem for p in (REPO_ROOT / "configs" / "model").glob("*
 
 
 def model_config(name: str, activation: str, vocab_size: int = 50304) -> PolyComConfig:
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}"])
-    fields = OmegaConf.to_container(cfg.model, resolve=True)
-    return PolyComConfig.matched(**fields, activation=activation, vocab_size=vocab_size)
+    return build.model_config(build.compose_config([f"model={name}", f"activation={activation}"]),
+                              vocab_size=vocab_size)
 
 
 def count_on_meta(config: PolyComConfig) -> int:

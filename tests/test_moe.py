@@ -6,24 +6,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from polycom.model.activations import ACTIVATIONS, polynorm_reference, polyrelu_reference
 from polycom.model import PolyComConfig, PolyComForCausalLM
 from polycom.model.layers import FeedForward
 from polycom.model.moe import (
     MoEFeedForward,
-    count_active_parameters,
-    count_parameters,
     expert_load,
     load_balance_loss,
     route,
     router_z_loss,
 )
+from polycom.model.stats import count_parameters
+from polycom.train import build
 from polycom.train.config import register_schema
 from polycom.train.optim import no_decay_parameter_names
-from conftest import REPO_ROOT
 
 register_schema()
 
@@ -356,16 +353,15 @@ def test_hf_roundtrip_keeps_expert_weights(tmp_path, make_tiny_model, shared):
 
 # ---- parameter counts -----------------------------------------------------------------------------------------
 def config_from_yaml(name: str, activation: str, vocab_size: int) -> PolyComConfig:
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={name}"])
-    return PolyComConfig.matched(**OmegaConf.to_container(cfg.model, resolve=True), activation=activation,
-                         vocab_size=vocab_size)
+    return build.model_config(build.compose_config([f"model={name}", f"activation={activation}"]),
+                              vocab_size=vocab_size)
 
 
 def counts_on_meta(config: PolyComConfig):
     with torch.device("meta"):
         model = PolyComForCausalLM(config)
-    return count_parameters(model), count_active_parameters(model)
+    counts = count_parameters(model)
+    return counts, counts.active
 
 
 def test_paper_moe_1b7b_matches_olmoe_size():

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from polycom.model.activations import ACTIVATIONS
+from polycom.train.build import compose_config
 from polycom.train.config import register_schema
 
 register_schema()
@@ -20,8 +21,7 @@ TINY = ["model=tiny", "debug=smoke", "logger=none", "tokenizer.vocab_size=512", 
 
 
 def compose_train(overrides=(), hydra=False):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    return compose_config(overrides, return_hydra_config=hydra)
 
 
 def group_options():

@@ -379,6 +379,23 @@ class _PolyCom(nn.Module):
             self.weight.fill_(1.0 / self.order)
             self.bias.zero_()
 
+    # The activation protocol (besides ``no_weight_decay_params``): how the model initialises the module, and
+    # what the trainer logs of it. Nothing outside this file needs to know the class.
+    @torch.no_grad()
+    def init_weights_(self, std: float | None = None, residual_std: float | None = None) -> None:
+        """The official init (every a_i = 1/r, b = 0), through transformers' initialization functions, which
+        leave weights loaded by ``from_pretrained`` alone."""
+        from transformers import initialization as init
+
+        init.constant_(self.weight, 1.0 / self.order)
+        init.zeros_(self.bias)
+
+    def log_values(self) -> dict[str, float]:
+        """``a0`` (multiplies the highest power) .. ``a{r-1}`` and ``b``."""
+        values = {f"a{i}": a for i, a in enumerate(self.weight.detach().float().tolist())}
+        values["b"] = self.bias.detach().float().item()
+        return values
+
     def extra_repr(self) -> str:
         return f"order={self.order}" + ("" if self.backend == "auto" else f", backend={self.backend}")
 
@@ -448,18 +465,18 @@ class ActivationSpec:
 
     name: str
     gated: bool
-    build: Callable[[int], nn.Module]  # order -> elementwise activation module
+    build: Callable[[int, float], nn.Module]  # (order, eps) -> elementwise activation module
     polycom: bool = False
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
     spec.name: spec
     for spec in (
-        ActivationSpec("relu", gated=False, build=lambda order: nn.ReLU()),
-        ActivationSpec("gelu", gated=False, build=lambda order: nn.GELU(approximate="none")),
-        ActivationSpec("swiglu", gated=True, build=lambda order: nn.SiLU()),
-        ActivationSpec("relu2", gated=False, build=lambda order: ReLU2()),
-        ActivationSpec("polyrelu", gated=False, build=PolyReLU, polycom=True),
+        ActivationSpec("relu", gated=False, build=lambda order, eps: nn.ReLU()),
+        ActivationSpec("gelu", gated=False, build=lambda order, eps: nn.GELU(approximate="none")),
+        ActivationSpec("swiglu", gated=True, build=lambda order, eps: nn.SiLU()),
+        ActivationSpec("relu2", gated=False, build=lambda order, eps: ReLU2()),
+        ActivationSpec("polyrelu", gated=False, build=lambda order, eps: PolyReLU(order), polycom=True),
         ActivationSpec("polynorm", gated=False, build=PolyNorm, polycom=True),
     )
 }

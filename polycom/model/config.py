@@ -5,13 +5,20 @@ has, as in every Hugging Face config. Runs compare activations at equal paramete
 names the *gated* (SwiGLU) width, and non-gated activations get 1.5x it, rounded to a multiple
 (3·d·h = 2·d·1.5h). ``PolyComConfig.matched`` applies that rule and records where the widths came from in
 ``ffn_width_source``, so an exported ``config.json`` states both the real width and the rule behind it.
+
+The training config's ``model`` and ``activation`` groups (``ModelSchema``, ``ActivationSchema``) are derived from
+``PolyComConfig``'s own fields, so the model's settings are declared once; ``PolyComConfig.from_schema`` builds the
+model config from them, and ``check_model_fields`` holds every consistency check of those settings, for both.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+
 from transformers import PretrainedConfig
 
-from .activations import MAX_ORDER, MIN_ORDER, get_activation
+from .activations import ACTIVATIONS, MAX_ORDER, MIN_ORDER, get_activation
 
 
 def matched_ffn_width(gated_width: int, gated: bool, multiple: int) -> int:
@@ -84,25 +91,16 @@ class PolyComConfig(PretrainedConfig):
             "width_multiple": multiple,
         }
 
+    @classmethod
+    def from_schema(cls, model: Mapping, activation: Mapping, **fields) -> "PolyComConfig":
+        """The config of the training config's ``model`` and ``activation`` groups, widths matched; ``fields``:
+        what comes from elsewhere (``vocab_size`` and token ids from the tokenizer, ``use_cache``)."""
+        return cls.matched(**{key: model[key] for key in model}, activation=activation["name"],
+                           activation_order=activation["order"], polycom_eps=activation["eps"], **fields)
+
     def validate(self) -> None:
         """Raise ValueError naming the field for inconsistent settings."""
-        get_activation(self.activation)
-        if not MIN_ORDER <= self.activation_order <= MAX_ORDER:
-            raise ValueError(f"activation_order must be in {MIN_ORDER}..{MAX_ORDER}, got {self.activation_order}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
-            )
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            raise ValueError("the head dimension hidden_size / num_attention_heads must be even for RoPE")
-        if self.num_experts < 0:
-            raise ValueError(f"num_experts must be >= 0, got {self.num_experts}")
-        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
-            raise ValueError(
-                f"num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 and num_experts ({self.num_experts})"
-            )
-        if self.num_experts and self.moe_intermediate_size <= 0:
-            raise ValueError("moe_intermediate_size must be > 0 for an MoE model")
+        check_model_fields(lambda key: getattr(self, key))
 
     @property
     def head_dim(self) -> int:
@@ -111,3 +109,71 @@ class PolyComConfig(PretrainedConfig):
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+
+def check_model_fields(get: Callable[[str], object], name: Callable[[str], str] = lambda key: key) -> None:
+    """Every consistency check of the model's settings, in one place. ``get(field)`` reads a ``PolyComConfig``
+    field; ``name(field)`` is how an error calls it (``model.hidden_size`` for the training config)."""
+
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise ValueError(message)
+
+    act, order = get("activation"), get("activation_order")
+    require(act in ACTIVATIONS, f"{name('activation')}={act!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
+    require(MIN_ORDER <= order <= MAX_ORDER, f"{name('activation_order')}={order} must be in {MIN_ORDER}..{MAX_ORDER}")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings"):
+        require(get(key) > 0, f"{name(key)}={get(key)} must be > 0")
+    d, heads = get("hidden_size"), get("num_attention_heads")
+    require(d % heads == 0, f"{name('hidden_size')}={d} is not divisible by {name('num_attention_heads')}={heads}; "
+                            "choose heads that divide it")
+    require((d // heads) % 2 == 0, f"{name('hidden_size')} / {name('num_attention_heads')} (the head dimension, "
+                                   f"{d // heads}) must be even for RoPE")
+    experts = get("num_experts")
+    require(experts >= 0, f"{name('num_experts')}={experts} must be >= 0 (0 = dense)")
+    if experts:
+        k = get("num_experts_per_tok")
+        require(1 <= k <= experts, f"{name('num_experts_per_tok')}={k} must be between 1 and "
+                                   f"{name('num_experts')}={experts}")
+        require(get("moe_intermediate_size") > 0,
+                f"{name('moe_intermediate_size')}={get('moe_intermediate_size')} must be > 0 when "
+                f"{name('num_experts')} > 0")
+
+
+# ---- the training config's model and activation groups ---------------------------------------------------------
+# Not set by hand: the vocabulary and token ids (from the tokenizer), the activation (its own group), caching and the
+# record of how the widths were chosen.
+_NOT_IN_SCHEMA = {"vocab_size", "activation", "activation_order", "polycom_eps", "use_cache", "bos_token_id",
+                  "eos_token_id", "pad_token_id", "ffn_width_source"}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+ModelSchema = dataclasses.make_dataclass("ModelSchema", [
+    (key, _TYPES[kind], dataclasses.field(default=704 if key == "intermediate_size" else getattr(PolyComConfig, key)))
+    for key, kind in PolyComConfig.__annotations__.items() if key not in _NOT_IN_SCHEMA
+] + [("ffn_width_multiple", int, dataclasses.field(default=16))])
+ModelSchema.__doc__ = ("The ``model`` group: ``PolyComConfig``'s fields, except that ``intermediate_size`` and "
+                       "``moe_intermediate_size`` are the gated (SwiGLU) widths every activation is matched to, "
+                       "rounded to ``ffn_width_multiple``.")
+
+
+@dataclasses.dataclass
+class ActivationSchema:
+    """The ``activation`` group: ``PolyComConfig.activation``, ``activation_order``, ``polycom_eps``."""
+
+    name: str = "polynorm"
+    order: int = 3
+    eps: float = 1e-6
+
+
+_SCHEMA_NAMES = {"activation": "activation.name", "activation_order": "activation.order",
+                 "polycom_eps": "activation.eps"}
+
+
+def check_schema(model: Mapping, activation: Mapping) -> None:
+    """``check_model_fields`` on the training config's groups, errors naming ``model.<key>`` / ``activation.<key>``."""
+    values = {"activation": activation["name"], "activation_order": activation["order"],
+              "polycom_eps": activation["eps"]}
+    check_model_fields(lambda key: values[key] if key in values else model[key],
+                       lambda key: _SCHEMA_NAMES.get(key, f"model.{key}"))
+    if model["ffn_width_multiple"] <= 0:
+        raise ValueError(f"model.ffn_width_multiple={model['ffn_width_multiple']} must be > 0")

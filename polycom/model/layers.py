@@ -105,8 +105,4 @@ class FeedForward(nn.Module):
 
 
 def build_activation(config: PolyComConfig) -> nn.Module:
-    spec = get_activation(config.activation)
-    act = spec.build(config.activation_order)
-    if hasattr(act, "eps"):
-        act.eps = config.polycom_eps
-    return act
+    return get_activation(config.activation).build(config.activation_order, config.polycom_eps)

@@ -17,7 +17,6 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .activations import _PolyCom
 from .config import PolyComConfig
 from .layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
 
@@ -78,15 +77,12 @@ class PolyComPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Linear):
             residual = getattr(module, "is_residual_projection", False)
             init.normal_(module.weight, mean=0.0, std=residual_std if residual else std)
-        elif hasattr(module, "init_weights_"):  # modules holding raw parameters, e.g. MoE experts
+        elif hasattr(module, "init_weights_"):  # modules that initialise themselves: MoE experts, PolyCom
             module.init_weights_(std=std, residual_std=residual_std)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, _PolyCom):
-            init.constant_(module.weight, 1.0 / module.order)
-            init.zeros_(module.bias)
 
 
 class PolyComModel(PolyComPreTrainedModel):

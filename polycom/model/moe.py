@@ -264,36 +264,3 @@ class _ContiguousGrad(torch.autograd.Function):
 def _contiguous_grad(x: torch.Tensor) -> torch.Tensor:
     return _ContiguousGrad.apply(x) if x.requires_grad else x
 
-
-# ---- parameter accounting -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ParameterCounts:
-    total: int
-    active: int  # used per token: non-expert parameters + k/E of the expert parameters
-    expert: int  # expert weights (and per-expert PolyCom coefficients), over all experts
-    non_expert: int  # everything else, routers and shared activation coefficients included
-
-
-def _expert_parameters(module: MoEFeedForward) -> list[nn.Parameter]:
-    params = [module.up_proj, module.down_proj]
-    if module.per_expert_act:
-        params += list(module.act.parameters())
-    return params
-
-
-def count_parameters(model: nn.Module) -> ParameterCounts:
-    """Total and active (per token) parameters; works on the meta device. Shared parameters count once."""
-    total = sum(p.numel() for p in model.parameters())
-    expert = active_expert = 0
-    for module in model.modules():
-        if isinstance(module, MoEFeedForward):
-            n = sum(p.numel() for p in _expert_parameters(module))
-            expert += n
-            active_expert += n // module.num_experts * module.top_k  # every expert has the same size
-    return ParameterCounts(total=total, active=total - expert + active_expert, expert=expert,
-                           non_expert=total - expert)
-
-
-def count_active_parameters(model: nn.Module) -> int:
-    """Parameters used per token: non-expert parameters plus k/E of the expert parameters (= total if dense)."""
-    return count_parameters(model).active

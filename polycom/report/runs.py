@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from polycom.runs import CONFIG, METRICS, SUMMARY, is_result_metric
+
 BASE_COLUMNS = ["activation", "seed", "val_loss", "val_ppl", "tokens", "num_params", "num_params_active", "steps",
                 "wall_seconds", "run_dir"]
 
@@ -17,7 +19,7 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
     """Every folder below ``roots`` holding a summary.json of a complete run, sorted."""
     found = set()
     for root in roots:
-        for summary in Path(root).rglob("summary.json"):
+        for summary in Path(root).rglob(SUMMARY):
             if json.loads(summary.read_text()).get("complete", True):
                 found.add(summary.parent)
     return sorted(found)
@@ -25,7 +27,7 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
 
 def downstream_columns(summary: dict) -> list[str]:
     """Downstream metrics are the ``<task>/<metric>`` keys of a summary."""
-    return sorted(k for k, v in summary.items() if "/" in k and isinstance(v, (int, float)))
+    return sorted(k for k, v in summary.items() if is_result_metric(k) and isinstance(v, (int, float)))
 
 
 def analysis_metrics(run_dir: Path) -> dict:
@@ -53,7 +55,7 @@ def analysis_metrics(run_dir: Path) -> dict:
 
 def run_config(run_dir: Path) -> dict:
     """The run's resolved config (``config.yaml``, written by the trainer) as a flat ``{dotted.key: value}``."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
     flat = {}
@@ -140,7 +142,7 @@ def load_runs(roots: list[Path], by: list[str] = ()) -> list[dict]:
     by = list(by)
     rows = []
     for run_dir in find_run_dirs(roots):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY).read_text())
         row = {k: summary.get(k) for k in BASE_COLUMNS}
         row["run_dir"] = str(run_dir)
         row.update(config_values(run_dir, by))
@@ -153,7 +155,7 @@ def load_runs(roots: list[Path], by: list[str] = ()) -> list[dict]:
 
 def load_curve(run_dir: Path, key: str = "val_loss") -> list[tuple[int, float]]:
     """(tokens, value) for every metrics.jsonl record that has ``key``."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     points = []
     for line in path.read_text().splitlines():
         record = json.loads(line)

@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from polycom.model.activations import ACTIVATIONS
+from polycom.runs import ACTIVATION_ORDER
 from polycom.report.runs import variant_of, variants
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
@@ -27,7 +27,7 @@ def metric_columns(rows: list[dict]) -> list[str]:
 
 def ordered_activations(rows: list[dict]) -> list[str]:
     present = {row["activation"] for row in rows}
-    return [a for a in ACTIVATIONS if a in present] + sorted(present - set(ACTIVATIONS))
+    return [a for a in ACTIVATION_ORDER if a in present] + sorted(present - set(ACTIVATION_ORDER))
 
 
 def _fmt(x: float, digits: int = 4, sign: bool = False) -> str:

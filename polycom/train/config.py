@@ -15,39 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from polycom.data.config import DataConfig, TokenizerConfig
-
-
-@dataclass
-class ModelConfig:
-    """Fields of ``polycom.model.PolyComConfig`` (the vocabulary comes from the tokenizer)."""
-
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 704
-    ffn_width_multiple: int = 16
-    max_position_embeddings: int = 1024
-    qk_norm: bool = False
-    tie_word_embeddings: bool = False
-    initializer_range: float = 0.02
-    scaled_residual_init: bool = True
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    num_experts: int = 0
-    num_experts_per_tok: int = 1
-    moe_intermediate_size: int = 0
-    norm_topk_prob: bool = False
-    router_jitter: float = 0.0
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    moe_shared_coefficients: bool = True
-
-
-@dataclass
-class ActivationConfig:
-    name: str = "polynorm"
-    order: int = 3
-    eps: float = 1e-6
+from polycom.model.config import ActivationSchema, ModelSchema
 
 
 @dataclass
@@ -129,8 +97,8 @@ class PathsConfig:
 class TrainConfig:
     task_name: str = "train"
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    model: ModelSchema = field(default_factory=ModelSchema)  # type: ignore[valid-type]
+    activation: ActivationSchema = field(default_factory=ActivationSchema)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -1,4 +1,4 @@
-"""Training FLOPs per token, device peak FLOP/s and model FLOPs utilisation (MFU).
+"""Device peak FLOP/s and model FLOPs utilisation (MFU); the model's FLOPs per token are in ``polycom.model.stats``.
 
 MFU = achieved model FLOP/s / peak FLOP/s, with the model FLOPs of PaLM (Chowdhery et al. 2022, appendix B):
 only the FLOPs the model needs (no rematerialisation, no elementwise work), against the dense peak of the
@@ -19,47 +19,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 log = logging.getLogger(__name__)
 
 PEAK_FLOPS_ENV = "POLYCOM_PEAK_FLOPS"  # overrides every lookup and measurement (FLOP/s, e.g. 1.35e11)
 CACHE_ENV = "POLYCOM_CACHE_DIR"
 _CACHE_FILE = "peak_flops.json"
-
-
-# ---- FLOPs per token -------------------------------------------------------------------------------------------
-def model_flops_per_token(num_params: int, num_layers: int, hidden_size: int, seq_len: int) -> float:
-    """Training FLOPs per token: ``6·N + 12·L·d·T`` (PaLM, appendix B).
-
-    ``N`` (``num_params``) is the number of parameters that take part in a matmul for each token: all
-    parameters (for an MoE, the *active* ones: non-expert parameters plus k/E of the expert weights) minus the
-    input embedding table, which is a lookup, not a matmul. The LM head (d x vocab) *is* counted: it is a
-    matmul. With tied embeddings the shared matrix is counted once, as the head. Norm gains and the PolyCom
-    coefficients are parameters that are not in a matmul; including them changes N by < 0.1% and is allowed
-    (``flops_param_count`` leaves them in). 6·N = 2 (multiply-add) x 3 (forward, and backward for inputs and
-    weights).
-
-    ``12·L·d·T`` is self-attention: per token and layer, QK^T and attention-times-V each cost 2·T·d in the
-    forward pass (d = heads x head_dim), x3 for training. Counted over the full sequence length T as in PaLM
-    (no halving for the causal mask), so MFU is comparable with PaLM/Megatron/nanoGPT numbers.
-    """
-    return 6.0 * num_params + 12.0 * num_layers * hidden_size * seq_len
-
-
-def flops_param_count(model: nn.Module) -> int:
-    """``N`` for ``model_flops_per_token``: active parameters minus the input embedding (unless tied)."""
-    config = getattr(model, "config", None)
-    total = sum(p.numel() for p in model.parameters())
-    if config is not None and getattr(config, "num_experts", 0):
-        from polycom.model.moe import count_active_parameters
-
-        total = count_active_parameters(model)
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    if embed is not None and not tied:
-        total -= embed.weight.numel()
-    return int(total)
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float:

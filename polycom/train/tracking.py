@@ -1,7 +1,9 @@
-"""Metrics sinks: ``metrics.jsonl`` in the run directory (always) and Weights & Biases (``logger=wandb``).
+"""Metrics sinks: ``metrics.jsonl`` in the run directory (always) and the logger named by ``logger.name``.
 
-Only rank 0 logs. Each record is flushed as it is written, so a crash loses nothing already logged.
-On resume, records after the checkpoint's step are dropped first: those steps are trained and logged again.
+Only rank 0 logs. Each record is flushed as it is written, so a crash loses nothing already logged. On resume
+(and on a fresh start in a folder a killed run left), records after the starting step are dropped first: those
+steps are trained and logged again. A new logger is a class with ``log`` / ``summary`` / ``close`` registered in
+``SINKS`` plus a ``configs/logger/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import os
 import uuid
 from pathlib import Path
+
+from polycom.runs import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -26,34 +30,13 @@ def _jsonable(value):
     return value
 
 
-class MetricsLogger:
-    def __init__(self, run_dir: Path, logger_cfg, run_name: str, group: str | None, config: dict,
-                 enabled: bool = True, resume_step: int | None = None):
-        self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self._wandb_run = None
-        if not enabled:
-            return
-        if resume_step is not None:
-            self._truncate_after(resume_step)
+class JsonlSink:
+    """``metrics.jsonl``: one JSON object per logged step."""
+
+    def __init__(self, run_dir: Path, resume_step: int):
+        self.path = Path(run_dir) / METRICS
+        self._truncate_after(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        if logger_cfg.name == "wandb" and logger_cfg.mode != "disabled":
-            self._wandb_run = self._init_wandb(Path(run_dir), logger_cfg, run_name, group, config)
-
-    @staticmethod
-    def _init_wandb(run_dir: Path, cfg, run_name: str, group: str | None, config: dict):
-        import wandb
-
-        id_file = run_dir / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
-        mode = os.environ.get("WANDB_MODE", cfg.mode)
-        return wandb.init(
-            project=cfg.project, entity=cfg.entity, name=run_name, group=group, tags=list(cfg.tags),
-            config=config, dir=str(run_dir), id=run_id, resume="allow", mode=mode,
-            # every Hydra multirun job is its own run, never merged into the previous one
-            reinit="finish_previous",
-        )
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -71,23 +54,70 @@ class MetricsLogger:
         os.replace(tmp, self.path)
 
     def log(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        record = {k: _jsonable(v) for k, v in record.items()}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._wandb_run is not None:
-            self._wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def summary(self, values: dict) -> None:
-        if self._wandb_run is not None:
-            for k, v in values.items():
-                self._wandb_run.summary[k] = _jsonable(v)
+        pass
 
     def close(self, exit_code: int = 0) -> None:
-        if not self.enabled:
-            return
         self._file.close()
-        if self._wandb_run is not None:
-            self._wandb_run.finish(exit_code=exit_code)
-            self._wandb_run = None
+
+
+class WandbSink:
+    """A W&B run per training run (id kept in the run folder, so a resumed run continues the same W&B run)."""
+
+    def __init__(self, run_dir: Path, cfg, run_name: str, group: str | None, config: dict):
+        import wandb
+
+        id_file = Path(run_dir) / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+        mode = os.environ.get("WANDB_MODE", cfg.mode)
+        self._run = wandb.init(
+            project=cfg.project, entity=cfg.entity, name=run_name, group=group, tags=list(cfg.tags),
+            config=config, dir=str(run_dir), id=run_id, resume="allow", mode=mode,
+            # every Hydra multirun job is its own run, never merged into the previous one
+            reinit="finish_previous",
+        )
+
+    def log(self, record: dict) -> None:
+        self._run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def summary(self, values: dict) -> None:
+        for k, v in values.items():
+            self._run.summary[k] = v
+
+    def close(self, exit_code: int = 0) -> None:
+        self._run.finish(exit_code=exit_code)
+
+
+SINKS = {"wandb": WandbSink}  # logger.name -> sink beside metrics.jsonl ("none": metrics.jsonl only)
+
+
+class MetricsLogger:
+    """Fans every record out to ``metrics.jsonl`` and the configured logger (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, logger_cfg, run_name: str, group: str | None, config: dict,
+                 enabled: bool = True, resume_step: int = 0):
+        self.sinks = []
+        if not enabled:
+            return
+        self.sinks.append(JsonlSink(run_dir, resume_step))
+        if logger_cfg.name in SINKS and logger_cfg.mode != "disabled":
+            self.sinks.append(SINKS[logger_cfg.name](Path(run_dir), logger_cfg, run_name, group, config))
+
+    def log(self, record: dict) -> None:
+        record = {k: _jsonable(v) for k, v in record.items()}
+        for sink in self.sinks:
+            sink.log(record)
+
+    def summary(self, values: dict) -> None:
+        values = {k: _jsonable(v) for k, v in values.items()}
+        for sink in self.sinks:
+            sink.summary(values)
+
+    def close(self, exit_code: int = 0) -> None:
+        for sink in self.sinks:
+            sink.close(exit_code)
+        self.sinks = []

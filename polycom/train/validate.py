@@ -5,12 +5,12 @@ Each failure raises ``ConfigError`` whose message names the config key, the valu
 
 from __future__ import annotations
 
-from polycom.model.activations import ACTIVATIONS, MAX_ORDER, MIN_ORDER
+from polycom.model.config import check_schema
+from polycom.train.tracking import SINKS
 from polycom.train.schedule import SCHEDULES, total_steps, warmup_steps_for
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-LOGGERS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -26,23 +26,10 @@ def _check(condition: bool, message: str) -> None:
 def validate_config(cfg, world_size: int = 1) -> None:
     act, model, trainer, optim, sched, ev = cfg.activation, cfg.model, cfg.trainer, cfg.optim, cfg.schedule, cfg.eval
 
-    _check(act.name in ACTIVATIONS, f"activation.name={act.name!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
-    _check(MIN_ORDER <= act.order <= MAX_ORDER, f"activation.order={act.order} must be in {MIN_ORDER}..{MAX_ORDER}")
-
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "ffn_width_multiple",
-                "max_position_embeddings"):
-        _check(model[key] > 0, f"model.{key}={model[key]} must be > 0")
-    _check(model.hidden_size % model.num_attention_heads == 0,
-           f"model.hidden_size={model.hidden_size} is not divisible by model.num_attention_heads="
-           f"{model.num_attention_heads}; choose heads that divide it")
-    _check((model.hidden_size // model.num_attention_heads) % 2 == 0,
-           "model.hidden_size / model.num_attention_heads (the head dimension) must be even for RoPE")
-    _check(model.num_experts >= 0, f"model.num_experts={model.num_experts} must be >= 0 (0 = dense)")
-    if model.num_experts:
-        _check(1 <= model.num_experts_per_tok <= model.num_experts,
-               f"model.num_experts_per_tok={model.num_experts_per_tok} must be between 1 and "
-               f"model.num_experts={model.num_experts}")
-        _check(model.moe_intermediate_size > 0, "model.moe_intermediate_size must be > 0 when model.num_experts > 0")
+    try:
+        check_schema(model, act)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
     _check(trainer.seq_len > 1, f"trainer.seq_len={trainer.seq_len} must be > 1")
     _check(trainer.seq_len <= model.max_position_embeddings,
@@ -104,7 +91,8 @@ def validate_config(cfg, world_size: int = 1) -> None:
                     except FileNotFoundError as err:
                         raise ConfigError(f"eval.data_dir: {err} (set eval.data_dir=null to read the Hub)") from err
 
-    _check(cfg.logger.name in LOGGERS, f"logger.name={cfg.logger.name!r}; valid: {', '.join(LOGGERS)}")
+    loggers = ("none", *SINKS)
+    _check(cfg.logger.name in loggers, f"logger.name={cfg.logger.name!r}; valid: {', '.join(loggers)}")
     _check(cfg.logger.mode in WANDB_MODES, f"logger.mode={cfg.logger.mode!r}; valid: {', '.join(WANDB_MODES)}")
 
     tok = cfg.tokenizer

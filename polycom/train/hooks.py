@@ -1,0 +1,195 @@
+"""What runs around the optimizer steps, one object per concern, each on its own schedule.
+
+The loop in ``trainer.train`` makes an update, then calls every hook's ``after_step`` in order with a
+``StepContext``: hooks add to ``ctx.record`` (logged by ``MetricsLog`` when not empty), or set ``ctx.pause``.
+Order: non-finite guard, training metrics, validation, downstream evaluation, metrics sinks, stop rule,
+checkpointing (so a checkpoint follows the metrics of its step, and a pause is checkpointed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from polycom.model.stats import activation_values, expert_load_metrics
+from polycom.train.metrics import mfu
+from polycom.train.step import StepResult, validation_loss
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint's ``trainer_state.json`` records of the run (besides its schedule); the data position is
+    ``step`` x the blocks of one step."""
+
+    step: int = 0  # updates made
+    tokens: int = 0
+    nonfinite_steps: int = 0
+    wall_seconds: float = 0.0  # over every session of the run
+    schedule_changed_at_step: int | None = None  # set when the run was continued with another lr schedule
+
+    @classmethod
+    def from_checkpoint(cls, values: dict) -> "TrainState":
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepContext:
+    step: int  # updates made, this one included
+    last: bool  # the last update of the run
+    lr: float
+    result: StepResult
+    record: dict = field(default_factory=dict)  # metrics of this step
+    pause: bool = False  # end this session after this step (checkpointed)
+
+
+def due(interval: int | None, step: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+class Hook:
+    def after_step(self, ctx: StepContext) -> None:
+        raise NotImplementedError
+
+
+class NonFiniteGuard(Hook):
+    """Counts updates skipped for a non-finite loss or gradient; too many in a row stop the run."""
+
+    def __init__(self, state: TrainState, max_consecutive: int):
+        self.state, self.max_consecutive, self.consecutive = state, max_consecutive, 0
+
+    def after_step(self, ctx):
+        if ctx.result.finite:
+            self.consecutive = 0
+            return
+        self.state.nonfinite_steps += 1
+        self.consecutive += 1
+        log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); update skipped", ctx.step - 1,
+                    ctx.result.lm_loss.item(), ctx.result.grad_norm.item())
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive steps with a non-finite loss or gradient (step {ctx.step - 1}); "
+                f"stopping (trainer.max_consecutive_nonfinite={self.max_consecutive}). The last good checkpoint "
+                "is kept.")
+
+
+class TrainMetrics(Hook):
+    """Every ``interval`` steps (and the last): loss, lr, gradient norm, throughput, MFU and the model's own values
+    (PolyCom coefficients, MoE losses and expert load)."""
+
+    def __init__(self, interval: int, state: TrainState, accelerator, model, tokens_per_step: int,
+                 flops_per_token: float, peak: float | None, progress):
+        self.interval, self.state, self.accelerator, self.model = interval, state, accelerator, model
+        self.tokens_per_step, self.flops_per_token, self.peak, self.progress = (tokens_per_step, flops_per_token,
+                                                                                peak, progress)
+        self.window_start, self.window_tokens = time.time(), 0
+
+    def after_step(self, ctx):
+        self.window_tokens += self.tokens_per_step
+        self.progress.update(1)
+        if not (due(self.interval, ctx.step) or ctx.last):
+            return
+        reduce = self.accelerator.reduce
+        tokens_per_s = self.window_tokens / max(time.time() - self.window_start, 1e-9)
+        loss = reduce(ctx.result.lm_loss, reduction="mean").item()
+        ctx.record.update({"step": ctx.step, "tokens": self.state.tokens, "loss": loss, "lr": ctx.lr,
+                           "grad_norm": ctx.result.grad_norm.item(), "tokens_per_s": tokens_per_s,
+                           "nonfinite_steps": self.state.nonfinite_steps})
+        if self.peak:
+            ctx.record["mfu"] = mfu(tokens_per_s, self.flops_per_token, self.peak * self.accelerator.num_processes)
+        ctx.record.update(activation_values(self.accelerator.unwrap_model(self.model)))
+        aux = ctx.result.aux
+        if aux:
+            ctx.record["load_balance_loss"] = reduce(aux["load_balance_loss"], "mean").item()
+            ctx.record["router_z_loss"] = reduce(aux["router_z_loss"], "mean").item()
+            ctx.record.update(expert_load_metrics(aux["expert_load"]))
+        self.progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        self.window_start, self.window_tokens = time.time(), 0
+
+
+class Validation(Hook):
+    """Loss on the fixed held-out blocks every ``interval`` steps and at the end."""
+
+    def __init__(self, interval: int | None, state: TrainState, model, blocks, batch_size: int, accelerator):
+        self.interval, self.state, self.model, self.blocks = interval, state, model, blocks
+        self.batch_size, self.accelerator = batch_size, accelerator
+        self.val_loss: float | None = None
+
+    def after_step(self, ctx):
+        if due(self.interval, ctx.step) or ctx.last:
+            self.val_loss = validation_loss(self.model, self.blocks, self.batch_size, self.accelerator)
+            ctx.record.update({"step": ctx.step, "tokens": self.state.tokens, "val_loss": self.val_loss,
+                               "val_ppl": perplexity(self.val_loss)})
+
+
+class DownstreamEval(Hook):
+    """Downstream tasks every ``interval`` steps and at the end. A failure is logged and remembered (``error``):
+    training, checkpoint and summary go on, and the run fails at the end."""
+
+    def __init__(self, interval: int | None, state: TrainState, evaluate):
+        self.interval, self.state, self.evaluate = interval, state, evaluate
+        self.error: str | None = None
+
+    def after_step(self, ctx):
+        if not (due(self.interval, ctx.step) or ctx.last):
+            return
+        ctx.record.update({"step": ctx.step, "tokens": self.state.tokens})
+        try:
+            ctx.record.update(self.evaluate())
+        except Exception as err:
+            log.exception("step %d: downstream evaluation failed", ctx.step)
+            self.error = f"step {ctx.step}: {type(err).__name__}: {err}"
+
+
+class MetricsLog(Hook):
+    """Writes the step's record to the metrics sinks; keeps the last one (the summary is built from it)."""
+
+    def __init__(self, logger, accelerator):
+        self.logger, self.accelerator = logger, accelerator
+        self.last_record: dict = {}
+
+    def after_step(self, ctx):
+        if ctx.record:
+            ctx.record.setdefault("loss", self.accelerator.reduce(ctx.result.lm_loss, reduction="mean").item())
+            self.logger.log(ctx.record)
+            self.last_record = ctx.record
+
+
+class StopAfter(Hook):
+    """``trainer.stop_after``: end this session after N steps (time-limited jobs); resume later."""
+
+    def __init__(self, stop_after: int | None, start_step: int):
+        self.stop_after, self.start_step = stop_after, start_step
+
+    def after_step(self, ctx):
+        if self.stop_after is not None and ctx.step - self.start_step >= self.stop_after and not ctx.last:
+            ctx.pause = True
+            log.info("trainer.stop_after=%d: pausing at step %d; continue with trainer.resume=auto", self.stop_after,
+                     ctx.step)
+
+
+class Checkpointing(Hook):
+    """Every ``interval`` steps, at the end, on a pause, and at wsd's ``decay_start`` (kept: a run extended later
+    branches off there)."""
+
+    def __init__(self, interval: int | None, decay_start: int | None, save):
+        self.interval, self.decay_start, self.save = interval, decay_start, save
+
+    def after_step(self, ctx):
+        pre_decay = ctx.step == self.decay_start
+        if due(self.interval, ctx.step) or ctx.last or ctx.pause or pre_decay:
+            self.save(keep=pre_decay)
+
+
+def perplexity(loss: float | None) -> float | None:
+    return math.exp(min(loss, 50.0)) if loss is not None else None
