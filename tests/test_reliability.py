@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO_ROOT
 from polycom.train import checkpoint as ckpt
-from test_train import TINY, _losses, _train, compose_train
+from test_train import TINY, _losses, _train, assert_same_losses, compose_train
 from test_distributed import LAUNCH, _env
 
 FAULT_RUNNER = REPO_ROOT / "tests" / "faults" / "train_with_fault.py"
@@ -41,15 +41,11 @@ def _killed(proc: subprocess.Popen, fault: str) -> None:
     assert proc.returncode == -signal.SIGKILL, f"{fault} did not fire: exit {proc.returncode}\n{err[-3000:]}"
 
 
-def _step_losses(run_dir: Path) -> list:
-    return [(r["step"], r["loss"]) for r in _losses(run_dir)]
-
-
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("straight")
     _finish(_launch(run_dir))
-    return _step_losses(run_dir)
+    return run_dir
 
 
 FAULTS = ("kill_in_step", "kill_after_log", "kill_in_save")
@@ -85,8 +81,7 @@ def test_three_kills_at_random_points_then_resume_matches_uninterrupted(tmp_path
     _finish(_launch(run_dir, ["trainer.resume=auto"]))
     log = (run_dir / "train.log").read_text()
     assert f"resuming from {previous} instead" in log and "model.safetensors" in log
-    assert _step_losses(run_dir) == uninterrupted
-    assert [step for step, _ in _step_losses(run_dir)] == list(range(1, 17))
+    assert_same_losses(run_dir, uninterrupted, 16)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -106,7 +101,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, uni
     assert (run_dir / "checkpoints" / "step_00000008.tmp").is_dir()  # the half-written one, never used
     ckpt.verify(run_dir / "checkpoints" / "step_00000004")
     _finish(_launch(run_dir, ["trainer.resume=auto"]))
-    assert _step_losses(run_dir) == uninterrupted
+    assert_same_losses(run_dir, uninterrupted, 16)
     assert not (run_dir / "checkpoints" / "step_00000008.tmp").exists()
 
 
@@ -166,7 +161,7 @@ def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(tmp_path):
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "tokens": 5120, "lo')  # what a SIGKILL in the middle of a write leaves
     _train(run, common + ["trainer.resume=auto"])
-    assert _step_losses(run) == _step_losses(straight)
+    assert_same_losses(run, straight, 8)
 
 
 def test_failure_while_saving_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

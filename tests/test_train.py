@@ -72,6 +72,19 @@ def _losses(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+# How close a resumed run's numbers must come to the uninterrupted run's (fp32, CPU). Resumes are bit-exact in
+# practice; the tolerance (2 ulps of a loss near 6) absorbs a rare last-bit difference in a BLAS reduction.
+SAME_LOSS = 1e-6
+
+
+def assert_same_losses(run_dir, reference_dir, steps: int) -> None:
+    """Both runs logged steps 1..steps, each once, with losses equal to within SAME_LOSS."""
+    a, b = _losses(run_dir), _losses(reference_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))  # none missing, none twice
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= SAME_LOSS, (x["step"], x["loss"], y["loss"])
+
+
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_short_run_lowers_the_loss_and_writes_summary(tmp_path, activation):
     summary = _train(tmp_path, [f"activation={activation}", "trainer.max_steps=40", "optim.lr=5e-3",
@@ -124,22 +137,15 @@ def test_resume_gives_identical_per_step_losses(tmp_path):
     _train(resumed, common + ["trainer.stop_after=6"])
     assert json.loads((resumed / "summary.json").read_text())["complete"] is False
     _train(resumed, common + ["trainer.resume=auto"])
-    a = [(r["step"], r["loss"]) for r in _losses(straight)]
-    b = [(r["step"], r["loss"]) for r in _losses(resumed)]
-    assert [s for s, _ in a] == list(range(1, 13)) and a == b
+    assert_same_losses(resumed, straight, 12)
     final_a = json.loads((straight / "summary.json").read_text())
     final_b = json.loads((resumed / "summary.json").read_text())
-    assert final_a["val_loss"] == final_b["val_loss"] and final_b["steps"] == 12
+    assert final_a["val_loss"] == pytest.approx(final_b["val_loss"], abs=SAME_LOSS) and final_b["steps"] == 12
 
 
 EXTEND = ["activation=gelu", "seed=1", "trainer.log_interval=1", "trainer.checkpoint_interval=6", "eval.interval=100"]
 
 
-def _assert_same_losses(straight, extended):
-    a, b = _losses(straight), _losses(extended)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))  # none missing, none twice
-    for x, y in zip(a, b):
-        assert abs(x["loss"] - y["loss"]) <= 1e-6, (x["step"], x["loss"], y["loss"])
 
 
 @pytest.mark.parametrize("schedule", ["constant", "wsd"])
@@ -152,8 +158,8 @@ def test_extending_a_finished_run_equals_the_straight_run(tmp_path, caplog, sche
     assert first["complete"] and first["steps"] == 6
     with caplog.at_level("WARNING"):
         summary = _train(extended, EXTEND + [f"schedule={schedule}", "trainer.max_steps=12", "trainer.resume=auto"])
-    _assert_same_losses(straight, extended)
-    assert summary["val_loss"] == json.loads((straight / "summary.json").read_text())["val_loss"]
+    assert_same_losses(extended, straight, 12)
+    assert summary["val_loss"] == pytest.approx(json.loads((straight / "summary.json").read_text())["val_loss"], abs=SAME_LOSS)
     assert summary["steps"] == 12 and summary["schedule_changed_at_step"] is None
     if schedule == "wsd":  # decay over the last round(0.2 x 6) = 1 step: the update after step 5 is decayed
         assert "step_00000006" in caplog.text and "continuing from" in caplog.text and "step_00000005" in caplog.text
