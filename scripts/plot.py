@@ -1,5 +1,5 @@
-"""Plot a sweep: validation-loss curves per activation (mean and band over seeds, x in tokens) and
-downstream accuracy bars.
+"""Plot a sweep: validation-loss curves per activation (mean and band over seeds, x in tokens), the paired gap of
+each activation to a baseline along training (val_loss_gap.png, 95% bands over seeds) and downstream accuracy bars.
 
     python scripts/plot.py outputs/compare_activations/multirun/<time> [more dirs] --out-dir experiments/my-study
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polycom.report.plots import plot_downstream_bars, plot_metric_by, plot_val_loss_curves
+from polycom.report.curves import gap_curves
+from polycom.report.plots import plot_downstream_bars, plot_gap_curves, plot_metric_by, plot_val_loss_curves
 from polycom.report.runs import add_by_option, load_runs_or_exit
 
 
@@ -27,6 +28,7 @@ def main(argv=None) -> None:
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--metrics", default=None, help="comma-separated downstream metrics (default: all accuracies)")
+    parser.add_argument("--baseline", default="swiglu", help="activation the gap curves are taken against")
     add_by_option(parser)
     args = parser.parse_args(argv)
     rows = load_runs_or_exit(parser, args.roots, args.by)
@@ -40,6 +42,10 @@ def main(argv=None) -> None:
         return
     plot_val_loss_curves(rows, out / "val_loss.png")
     written = [out / "val_loss.png"]
+    gaps = gap_curves(rows, args.baseline)
+    if gaps:
+        plot_gap_curves(gaps, args.baseline, out / "val_loss_gap.png")
+        written.append(out / "val_loss_gap.png")
     metrics = args.metrics.split(",") if args.metrics else headline_metrics(rows)
     if metrics:
         plot_downstream_bars(rows, metrics, out / "downstream.png")

@@ -182,3 +182,45 @@ def test_an_lr_grid_is_summarized_per_learning_rate(lr_sweep, tmp_path):
     assert "## optim.lr=0.001" in text and "## optim.lr=0.004" in text
     plot.main([str(runs), "--out-dir", str(out), "--by", "optim.lr"])
     assert (out / "val_loss_by_optim.lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def write_curve_run(root, activation, seed, val_losses):
+    run = root / f"{activation}-s{seed}"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"activation": activation, "seed": seed, "val_loss": val_losses[-1],
+                                                  "tokens": 300, "steps": 3, "complete": True}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "tokens": 100 * (i + 1), "val_loss": v}) + "\n"
+                                               for i, v in enumerate(val_losses)))
+
+
+def test_gap_curves_pair_seeds_at_each_point_and_find_the_largest_gap(tmp_path):
+    from polycom.report.curves import gap_curves, gap_markdown
+
+    root = tmp_path / "runs"
+    base = {0: [6.0, 5.0, 4.0], 1: [6.2, 5.1, 4.1]}
+    lead = {0: [-0.10, -0.30, -0.05], 1: [-0.20, -0.50, -0.15]}  # polynorm minus swiglu, per seed and point
+    for seed in (0, 1):
+        write_curve_run(root, "swiglu", seed, base[seed])
+        write_curve_run(root, "polynorm", seed, [b + d for b, d in zip(base[seed], lead[seed])])
+    write_curve_run(root, "gelu", 0, [6.5, 5.5, 4.5])  # one seed: a mean, no interval
+    (curve_gelu, curve_pn) = sorted(gap_curves(load_runs([root]), "swiglu"), key=lambda c: c.activation)
+    assert curve_pn.tokens == [100, 200, 300]
+    assert [g.mean_diff for g in curve_pn.gaps] == pytest.approx([-0.15, -0.40, -0.10])
+    assert curve_pn.largest()[0] == 200 and curve_pn.final()[1].mean_diff == pytest.approx(-0.10)
+    half = 12.706204736174707 * (0.1 * math.sqrt(2)) / math.sqrt(2)  # t_0.975,1 x std of (-0.3, -0.5) / sqrt(n)
+    assert curve_pn.gaps[1].ci95_low == pytest.approx(-0.40 - half)
+    assert curve_gelu.gaps[0].n == 1 and math.isnan(curve_gelu.gaps[0].ci95_low)
+    table = gap_markdown([curve_pn], "swiglu")
+    assert "| polynorm | 2 | 200 | -0.4000 |" in table and "| 0.2500 |" in table  # final / largest = 0.1 / 0.4
+
+
+def test_plot_and_summary_include_the_gap_curves(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_curve_run(root, "swiglu", seed, [6.0, 5.0 + seed / 10])
+        write_curve_run(root, "polynorm", seed, [5.9, 4.9])
+    out = tmp_path / "out"
+    plot.main([str(root), "--out-dir", str(out)])
+    assert (out / "val_loss_gap.png").stat().st_size > 1000
+    summarize.main([str(root), "--out-dir", str(out)])
+    assert "Learning curves: val_loss gap to swiglu" in (out / "summary.md").read_text()

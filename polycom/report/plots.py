@@ -1,4 +1,5 @@
-"""PNG plots of a sweep: validation-loss curves per activation and downstream accuracy bars."""
+"""PNG plots of a sweep: validation-loss curves per activation, their gap to a baseline, and downstream accuracy
+bars."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from polycom.report.curves import GapCurve  # noqa: E402
 from polycom.report.runs import load_curve, variants  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
@@ -43,6 +45,28 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
     ax.set_title("Validation loss (mean ± 1 std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gap_curves(curves: list[GapCurve], baseline: str, path: Path, key: str = "val_loss") -> None:
+    """The paired gap to ``baseline`` (activation minus baseline, same seed) against tokens, a line per
+    activation with its t-based 95% interval over seeds as a band; zero marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for curve in curves:
+        tokens = np.array(curve.tokens)
+        mean = np.array([g.mean_diff for g in curve.gaps])
+        (line,) = ax.plot(tokens, mean, label=f"{curve.activation} (n={curve.gaps[-1].n})")
+        low, high = np.array([g.ci95_low for g in curve.gaps]), np.array([g.ci95_high for g in curve.gaps])
+        if not np.isnan(low).all():
+            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.15)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(f"{key.replace('_', ' ')} − {baseline}")
+    ax.set_title(f"Gap to {baseline} (paired by seed; mean and 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
