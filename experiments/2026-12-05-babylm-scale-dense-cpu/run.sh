@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduces (and continues) the BabyLM-scale dense study from the repository root. Every step can be re-run after
+# an interruption or in a later session: runs already collected into this folder are skipped, an interrupted run
+# continues from its newest checkpoint (trainer.resume=auto), a finished grid run is not retrained.
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 18 runs of 1M tokens
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh runs     # 2. 6 activations x 3 seeds, ~16M tokens
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
+set -euo pipefail
+export POLYCOM_DATA_DIR="${POLYCOM_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+study=experiments/2026-12-05-babylm-scale-dense-cpu
+activations=(relu gelu swiglu relu2 polyrelu polynorm)
+py=.venv/bin/python
+
+grid() {
+  $py train.py -m experiment=babylm_scale hparams_search=babylm_lr_grid "activation=$(IFS=,; echo "${activations[*]}")" \
+      seed=0 trainer.progress_bar=false logger=none trainer.resume=auto hydra.sweep.dir=outputs/study/babylm-lr-grid
+  $py scripts/collect_runs.py outputs/study/babylm-lr-grid --out-dir $study/lr-grid/runs --by optim.lr
+  $py scripts/summarize.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
+  $py scripts/plot.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
+}
+
+# Each activation's best learning rate in the grid (lr-grid/summary.md). Empty until the grid is complete.
+declare -A LR=()
+
+runs() {
+  for seed in 0 1 2; do
+    for act in "${activations[@]}"; do
+      [ -f "$study/runs/$act-s$seed/summary.json" ] && continue  # collected in an earlier session
+      lr="${LR[$act]:?no learning rate for $act yet: finish the grid and fill in LR in run.sh}"
+      run=outputs/study/babylm/$act-s$seed
+      $py train.py experiment=babylm_scale activation=$act optim.lr=$lr seed=$seed trainer.progress_bar=false \
+          trainer.resume=auto hydra.run.dir=$run
+      $py scripts/analyze.py $run --text-file "$POLYCOM_DATA_DIR/corpus/gutenberg/validation-000.jsonl"
+      $py scripts/collect_runs.py $run --out-dir $study/runs  # committed run by run
+    done
+  done
+}
+
+report() {
+  $py scripts/summarize.py $study/runs --out-dir $study
+  $py scripts/plot.py $study/runs --out-dir $study
+}
+
+"${1:?usage: run.sh grid|runs|report}"
