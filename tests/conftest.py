@@ -12,7 +12,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("POLYCOM_CACHE_DIR", os.path.join(_CACHE, "polycom"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-import polycom  # noqa: E402,F401  (sets MKL's reproducibility variables before torch first runs MKL)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from polycom.eval import evaluate_tasks
 from test_train import _train
 
 LOADER = REPO_ROOT / "tests" / "export" / "load_export.py"
-CODE_FILES = {"config.py", "modeling.py", "layers.py", "moe.py", "activations.py"}
+CODE_FILES = {"config.py", "modeling.py", "layers.py", "moe.py", "activations.py", "activation_kernels.py", "cpu_kernels.py"}
 
 
 @pytest.fixture(scope="module")
