@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces (and continues) the BabyLM-scale dense study from the repository root. Every step can be re-run after
 # an interruption or in a later session: runs already collected into this folder are skipped, an interrupted run
-# continues from its newest checkpoint (trainer.resume=auto), a finished grid run is not retrained.
+# continues from its newest checkpoint (trainer.resume=auto).
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 18 runs of 1M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh runs     # 2. 6 activations x 3 seeds, ~16M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
@@ -12,9 +12,15 @@ activations=(relu gelu swiglu relu2 polyrelu polynorm)
 py=.venv/bin/python
 
 grid() {
-  $py train.py -m experiment=babylm_scale hparams_search=babylm_lr_grid "activation=$(IFS=,; echo "${activations[*]}")" \
-      seed=0 trainer.progress_bar=false logger=none trainer.resume=auto hydra.sweep.dir=outputs/study/babylm-lr-grid
-  $py scripts/collect_runs.py outputs/study/babylm-lr-grid --out-dir $study/lr-grid/runs --by optim.lr
+  for lr in 0.001 0.002 0.004; do
+    for act in "${activations[@]}"; do
+      [ -f "$study/lr-grid/runs/$act-s0-lr$lr/summary.json" ] && continue  # collected in an earlier session
+      run=outputs/study/babylm-lr-grid/$act-lr$lr
+      $py train.py experiment=babylm_scale hparams_search=babylm_lr_grid activation=$act optim.lr=$lr seed=0 \
+          trainer.progress_bar=false logger=none trainer.resume=auto hydra.run.dir=$run
+      $py scripts/collect_runs.py $run --out-dir $study/lr-grid/runs --by optim.lr
+    done
+  done
   $py scripts/summarize.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
   $py scripts/plot.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
 }
