@@ -159,8 +159,7 @@ def main() -> None:
                      f"{r['ffn_vs_gelu']:.3f} | {r['act_ms']:.2f} | {r['act_vs_gelu']:.3f} | "
                      f"{r['saved_bytes']:,} ({r['saved_hidden_tensors']:.2f}) |")
     md = [f"# One FFN layer and its activation, forward + backward on CPU ({today})", "",
-          f"`{command}` (run as `/tmp/quiet.sh .venv/bin/python scripts/benchmark_ffn.py ...`, which pauses "
-          "the background training runs).", "",
+          f"`{command}`", "",
           f"x ({args.rows}, {args.d_model}) -> {args.hidden} (SwiGLU {args.gated_hidden} gated) -> {args.d_model}, "
           f"no biases, fp32, order {args.order}; {args.warmup} warm-up calls, then medians of {args.repeats} "
           "calls interleaved round-robin over the configurations. `eager` = C kernels, `eager-torch-ops` = the "
