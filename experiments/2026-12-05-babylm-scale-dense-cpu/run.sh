@@ -2,7 +2,7 @@
 # Reproduces (and continues) the BabyLM-scale dense study from the repository root. Every step can be re-run after
 # an interruption or in a later session: runs already collected into this folder are skipped, an interrupted run
 # continues from its newest checkpoint (trainer.resume=auto).
-#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 18 runs of 1M tokens
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 19 runs of 1M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh runs     # 2. 6 activations x 3 seeds, ~16M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
 set -euo pipefail
@@ -11,28 +11,32 @@ study=experiments/2026-12-05-babylm-scale-dense-cpu
 activations=(relu gelu swiglu relu2 polyrelu polynorm)
 py=.venv/bin/python
 
+# The grid: every activation at 1e-3, 2e-3, 4e-3; then 8e-3 where 4e-3 was the best (PolyNorm).
+cells=()
+for lr in 0.001 0.002 0.004; do for act in "${activations[@]}"; do cells+=("$act $lr"); done; done
+cells+=("polynorm 0.008")
+
 grid() {
-  for lr in 0.001 0.002 0.004; do
-    for act in "${activations[@]}"; do
-      [ -f "$study/lr-grid/runs/$act-s0-lr$lr/summary.json" ] && continue  # collected in an earlier session
-      run=outputs/study/babylm-lr-grid/$act-lr$lr
-      $py train.py experiment=babylm_scale hparams_search=babylm_lr_grid activation=$act optim.lr=$lr seed=0 \
-          trainer.progress_bar=false logger=none trainer.resume=auto hydra.run.dir=$run
-      $py scripts/collect_runs.py $run --out-dir $study/lr-grid/runs --by optim.lr
-    done
+  for cell in "${cells[@]}"; do
+    read -r act lr <<< "$cell"
+    [ -f "$study/lr-grid/runs/$act-s0-lr$lr/summary.json" ] && continue  # collected in an earlier session
+    run=outputs/study/babylm-lr-grid/$act-lr$lr
+    $py train.py experiment=babylm_scale hparams_search=babylm_lr_grid activation=$act optim.lr=$lr seed=0 \
+        trainer.progress_bar=false logger=none trainer.resume=auto hydra.run.dir=$run
+    $py scripts/collect_runs.py $run --out-dir $study/lr-grid/runs --by optim.lr
   done
   $py scripts/summarize.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
   $py scripts/plot.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
 }
 
-# Each activation's best learning rate in the grid (lr-grid/summary.md). Empty until the grid is complete.
-declare -A LR=()
+# Each activation's best learning rate in the grid (lr-grid/summary.md, 2026-12-05).
+declare -A LR=([relu]=0.002 [gelu]=0.002 [swiglu]=0.002 [relu2]=0.002 [polyrelu]=0.002 [polynorm]=0.004)
 
 runs() {
   for seed in 0 1 2; do
     for act in "${activations[@]}"; do
       [ -f "$study/runs/$act-s$seed/summary.json" ] && continue  # collected in an earlier session
-      lr="${LR[$act]:?no learning rate for $act yet: finish the grid and fill in LR in run.sh}"
+      lr=${LR[$act]}
       run=outputs/study/babylm/$act-s$seed
       $py train.py experiment=babylm_scale activation=$act optim.lr=$lr seed=$seed trainer.progress_bar=false \
           trainer.resume=auto hydra.run.dir=$run
