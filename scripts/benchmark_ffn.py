@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark import machine_info, saved_bytes  # scripts/benchmark.py (this folder is on sys.path)
 from polycom.model import cpu_kernels
 from polycom.model.activations import PolyNorm, PolyReLU
 
@@ -51,20 +51,6 @@ def configurations(order: int) -> list[tuple[str, str, nn.Module]]:
             act.backend = "compiled" if backend == "compiled" else "eager"
             out.append((name, backend, act))
     return out
-
-
-def saved_bytes(act: nn.Module, h: torch.Tensor) -> int:
-    """Bytes autograd keeps for ``act(h)``'s backward, once per storage, parameters excluded."""
-    storages = {}
-
-    def pack(t):
-        if not isinstance(t, nn.Parameter):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        act(h)
-    return sum(storages.values())
 
 
 def make_calls(act: nn.Module, gated: bool, args):
@@ -143,11 +129,10 @@ def main() -> None:
     rows = [row for threads in args.threads.split(",") for row in measure(runs, args, int(threads))]
 
     today = datetime.date.today().isoformat()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
     setup = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "dtype": "float32"}
-    machine = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
-               "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    machine = {**machine_info(torch.device("cpu")), "load_average_before": load_before,
+               "load_average_after": os.getloadavg()}
+    cpu = machine["cpu"]
     command = "python " + " ".join(sys.argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{today}-ffn-cpu.json").write_text(json.dumps(
@@ -165,7 +150,7 @@ def main() -> None:
           "calls interleaved round-robin over the configurations. `eager` = C kernels, `eager-torch-ops` = the "
           "torch-op bodies (C kernels off; the eager path before the kernels), `compiled` = torch.compile'd "
           "bodies (matmuls eager). Ratios are to GELU at the same thread count.", "",
-          f"Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.platform()}; load "
+          f"Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {machine['platform']}; load "
           f"average (1 min) before/after: {load_before[0]:.1f}/{machine['load_average_after'][0]:.1f}.", "",
           *table, ""]
     (args.out / f"{today}-ffn-cpu.md").write_text("\n".join(md))

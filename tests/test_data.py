@@ -476,3 +476,23 @@ def test_every_data_and_tokenizer_group_composes(data_dir):
     assert compose(["tokenizer=gpt2"]).tokenizer.kind == "pretrained"
     bpe = compose(["tokenizer=bpe", "paths.cache_dir=/x"]).tokenizer
     assert (bpe.kind, bpe.vocab_size, bpe.cache_dir) == ("bpe", 8192, "/x/tokenizers")
+
+
+def test_count_tokens_counts_each_split_as_the_trainer_tokenizes_it(tmp_path):
+    from polycom.data import build_tokenizer
+    from polycom.train.build import compose_config
+    from scripts_loader import load_script
+
+    docs = {"train": ["The first document of the corpus.", "   ", "A second, longer document " * 5],
+            "validation": ["Held out text."]}
+    for split, texts in docs.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    overrides = ["data=local_jsonl", f"data.train_files=[{tmp_path}/train.jsonl]",
+                 f"data.validation_files=[{tmp_path}/validation.jsonl]", "tokenizer.vocab_size=300",
+                 f"tokenizer.cache_dir={tmp_path}/tok"]
+    counts = load_script("count_tokens").count(overrides)
+    cfg = compose_config(overrides)
+    tok = build_tokenizer(cfg.tokenizer, cfg.data)
+    for split, texts in docs.items():  # tokens + one end-of-text per non-empty document; every character
+        want = sum(len(tok(t, add_special_tokens=False).input_ids) + 1 for t in texts if t.strip())
+        assert counts[split] == (want, sum(len(t) for t in texts))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from polycom.report.runs import load_curve
 from polycom.report.stats import PairedDifference, paired_difference
-from polycom.report.tables import ordered_activations
+from polycom.report.tables import _fmt, ordered_activations
 
 
 @dataclass
@@ -60,12 +60,8 @@ def gap_curves(rows: list[dict], baseline: str, key: str = "val_loss") -> list[G
     return result
 
 
-def _num(x: float, sign: bool = True) -> str:
-    return "–" if math.isnan(x) else (f"{x:+.4f}" if sign else f"{x:.4f}")
-
-
 def _interval(d: PairedDifference) -> str:
-    return "–" if math.isnan(d.ci95_low) else f"[{d.ci95_low:+.4f}, {d.ci95_high:+.4f}]"
+    return "–" if math.isnan(d.ci95_low) else f"[{_fmt(d.ci95_low, sign=True)}, {_fmt(d.ci95_high, sign=True)}]"
 
 
 def gap_markdown(curves: list[GapCurve], baseline: str, key: str = "val_loss") -> str:
@@ -78,6 +74,7 @@ def gap_markdown(curves: list[GapCurve], baseline: str, key: str = "val_loss") -
     for curve in curves:
         (t_max, g_max), (t_end, g_end) = curve.largest(), curve.final()
         ratio = g_end.mean_diff / g_max.mean_diff if g_max.mean_diff else math.nan
-        lines.append(f"| {curve.activation} | {g_end.n} | {t_max:,} | {_num(g_max.mean_diff)} | {_interval(g_max)} "
-                     f"| {t_end:,} | {_num(g_end.mean_diff)} | {_interval(g_end)} | {_num(ratio, sign=False)} |")
+        lines.append(f"| {curve.activation} | {g_end.n} | {t_max:,} | {_fmt(g_max.mean_diff, sign=True)} "
+                     f"| {_interval(g_max)} | {t_end:,} | {_fmt(g_end.mean_diff, sign=True)} | {_interval(g_end)} "
+                     f"| {_fmt(ratio)} |")
     return "\n".join(lines) + "\n"

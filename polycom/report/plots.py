@@ -3,7 +3,6 @@ bars."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -12,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from polycom.report.curves import GapCurve  # noqa: E402
-from polycom.report.runs import load_curve, variants  # noqa: E402
+from polycom.report.curves import GapCurve, seed_curves  # noqa: E402
+from polycom.report.runs import variants  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
 
@@ -24,12 +23,10 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
     Only token counts present in every seed's curve are plotted. The first ``skip_first_fraction`` of
     training is cut so the interesting end of the curves is readable.
     """
-    curves = defaultdict(list)
-    for row in rows:
-        curves[row["activation"]].append(dict(load_curve(Path(row["run_dir"]), "val_loss")))
+    curves = {act: list(by_seed.values()) for act, by_seed in seed_curves(rows).items()}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for act in ordered_activations(rows):
-        common = sorted(set.intersection(*(set(c) for c in curves[act]))) if curves[act] else []
+        common = sorted(set.intersection(*(set(c) for c in curves[act]))) if curves.get(act) else []
         if not common:
             continue
         start = common[-1] * skip_first_fraction
