@@ -7,7 +7,9 @@ Torch-free, so ``polycom.report`` and ``scripts/collect_runs.py`` depend on this
 - ``metrics.jsonl`` (``METRICS``): one JSON object per logged step, always with ``step`` and ``tokens``.
 - ``config.yaml`` (``CONFIG``): the resolved training config.
 
-Metric keys: ``<task>/<metric>`` for downstream results (``arc_easy/acc``, ``blimp/anaphor_agreement/acc``),
+Metric keys: ``<task>/<metric>`` for downstream results (``arc_easy/acc``, ``blimp/acc``),
+``<task>/<breakdown key>/<group>/<metric>`` for a task's per-group results (``blimp/phenomenon/anaphor_agreement/acc``,
+``blimp/paradigm/adjunct_island/acc``, ``mmlu/subject/anatomy/acc``),
 ``polycom/layer<i>/<coefficient>`` for activation coefficients and ``moe/layer<i>/<load stat>`` for expert load
 (per-step diagnostics, kept out of the summary), ``analysis/<name>`` for the analyses of ``scripts/analyze.py``.
 """
@@ -28,6 +30,12 @@ ACTIVATION_ORDER = ("relu", "gelu", "swiglu", "relu2", "polyrelu", "polynorm")
 def is_result_metric(key: str) -> bool:
     """A ``<group>/<name>`` metric that belongs in a summary (downstream, analysis), not a per-step diagnostic."""
     return "/" in key and not key.startswith(DIAGNOSTIC_PREFIXES)
+
+
+def breakdown_parts(key: str) -> tuple[str, str, str, str] | None:
+    """``(task, breakdown key, group, metric)`` of a per-group result metric, None for any other key."""
+    parts = key.split("/")
+    return tuple(parts) if len(parts) == 4 and is_result_metric(key) else None
 
 
 def run_name(activation: str, seed: int, order: int | None = None, variant: str | None = None) -> str:

@@ -1,5 +1,7 @@
 """Plot a sweep: validation-loss curves per activation (mean and band over seeds, x in tokens), the paired gap of
-each activation to a baseline along training (val_loss_gap.png, 95% bands over seeds) and downstream accuracy bars.
+each activation to a baseline along training (val_loss_gap.png, 95% bands over seeds), downstream accuracy bars
+(downstream.png) and, for a task with per-group results of up to 20 groups, bars per group
+(``<task>_<breakdown key>.png``, e.g. blimp_phenomenon.png).
 
     python scripts/plot.py outputs/compare_activations/multirun/<time> [more dirs] --out-dir experiments/my-study
 
@@ -15,12 +17,30 @@ from pathlib import Path
 from polycom.report.curves import gap_curves
 from polycom.report.plots import plot_downstream_bars, plot_gap_curves, plot_metric_by, plot_val_loss_curves
 from polycom.report.runs import add_by_option, load_runs_or_exit
+from polycom.report.tables import MAX_GROUPS_IN_MARKDOWN
+from polycom.runs import breakdown_parts
+
+
+def accuracy_metrics(rows: list[dict]) -> list[str]:
+    """The accuracy metrics present in the runs (``<task>/acc``, per-group ones included), not perplexities."""
+    keys = sorted({k for row in rows for k in row if "/" in k})
+    return [k for k in keys if "ppl" not in k and "perplexity" not in k and not k.startswith("analysis/")]
 
 
 def headline_metrics(rows: list[dict]) -> list[str]:
-    """The accuracy metrics present in the runs: `<task>/acc` style keys, excluding perplexities."""
-    keys = sorted({k for row in rows for k in row if "/" in k})
-    return [k for k in keys if "ppl" not in k and "perplexity" not in k and not k.startswith("analysis/")]
+    """The task-level accuracy metrics: `<task>/acc` style keys."""
+    return [k for k in accuracy_metrics(rows) if breakdown_parts(k) is None]
+
+
+def breakdown_metrics(rows: list[dict]) -> dict[tuple[str, str], list[str]]:
+    """Per-group accuracy metrics by (task, breakdown key), for breakdowns of at most MAX_GROUPS_IN_MARKDOWN
+    groups (BLiMP's 12 phenomena, not its 67 paradigms)."""
+    sections: dict[tuple[str, str], list[str]] = {}
+    for key in accuracy_metrics(rows):
+        parts = breakdown_parts(key)
+        if parts:
+            sections.setdefault(parts[:2], []).append(key)
+    return {k: v for k, v in sections.items() if len({breakdown_parts(m)[2] for m in v}) <= MAX_GROUPS_IN_MARKDOWN}
 
 
 def main(argv=None) -> None:
@@ -50,6 +70,11 @@ def main(argv=None) -> None:
     if metrics:
         plot_downstream_bars(rows, metrics, out / "downstream.png")
         written.append(out / "downstream.png")
+    for (task, key), group_metrics in breakdown_metrics(rows).items():
+        path = out / f"{task}_{key}.png"
+        labels = ["/".join(breakdown_parts(m)[2:]) for m in group_metrics]
+        plot_downstream_bars(rows, group_metrics, path, labels=labels, title=f"{task} accuracy by {key}")
+        written.append(path)
     print("wrote " + ", ".join(map(str, written)))
 
 

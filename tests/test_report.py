@@ -224,3 +224,29 @@ def test_plot_and_summary_include_the_gap_curves(tmp_path):
     assert (out / "val_loss_gap.png").stat().st_size > 1000
     summarize.main([str(root), "--out-dir", str(out)])
     assert "Learning curves: val_loss gap to swiglu" in (out / "summary.md").read_text()
+
+
+def test_per_group_results_get_their_own_tables_and_plots_up_to_twenty_groups(tmp_path):
+    """BLiMP's phenomenon groups get a table and a plot; its 67 paradigms only reach the CSVs."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        for act, shift in (("swiglu", 0.0), ("polynorm", 0.02 + seed / 100)):
+            write_run(root, f"{act}-s{seed}", act, seed, 3.0 - shift, 0.3)
+            path = root / f"{act}-s{seed}" / "summary.json"
+            summary = json.loads(path.read_text())
+            summary.update({"blimp/acc": 0.6 + shift, "blimp/phenomenon/island_effects/acc": 0.55 + shift,
+                            "blimp/phenomenon/quantifiers/acc": 0.7 - shift})
+            summary.update({f"blimp/paradigm/p{i}/acc": 0.6 for i in range(21)})
+            path.write_text(json.dumps(summary))
+    out = tmp_path / "out"
+    summarize.main([str(root), "--out-dir", str(out)])
+    text = (out / "summary.md").read_text()
+    headline, groups = text.split("### blimp by phenomenon (2 groups)")
+    assert "| blimp/acc |" in headline and "phenomenon" not in headline and "paradigm" not in text
+    assert "| blimp/phenomenon/island_effects/acc | 0.5500 ± 0.0000" in groups
+    assert "of the 2 tests in this table about 0.1 would reach p < 0.05" in groups
+    assert "of the 3 tests in this table" in headline  # val_loss, val_ppl, blimp/acc (arc_easy/acc has no variance)
+    metrics = {r["metric"] for r in csv.DictReader(open(out / "summary.csv"))}
+    assert "blimp/paradigm/p20/acc" in metrics and "blimp/phenomenon/quantifiers/acc" in metrics
+    plot.main([str(root), "--out-dir", str(out)])
+    assert (out / "blimp_phenomenon.png").stat().st_size > 1000 and not (out / "blimp_paradigm.png").exists()

@@ -111,6 +111,13 @@ def test_in_loop_downstream_metrics_reach_metrics_and_summary(tmp_path, data_dir
     assert [r["step"] for r in with_downstream] == [2, 4]
     assert 0 <= summary["arc_easy/acc"] <= 1 and 0 <= summary["blimp/acc"] <= 1
     assert summary["arc_easy/acc"] == with_downstream[-1]["arc_easy/acc"]
+    # BLiMP's breakdowns reach the summary too: every paradigm (its acc is their macro mean) and phenomenon group
+    paradigms = {k: v for k, v in summary.items() if k.startswith("blimp/paradigm/")}
+    phenomena = {k: v for k, v in summary.items() if k.startswith("blimp/phenomenon/")}
+    assert len(paradigms) == 67 and 10 <= len(phenomena) < 67
+    assert summary["blimp/acc"] == pytest.approx(sum(paradigms.values()) / 67)
+    assert all(0 <= v <= 1 for v in phenomena.values()) and not any(k.startswith("arc_easy/") for k in
+                                                                     set(summary) - {"arc_easy/acc", "arc_easy/acc_norm"})
 
 
 def test_failing_downstream_eval_keeps_checkpoint_model_and_summary_then_fails(tmp_path, data_dir, monkeypatch):

@@ -3,6 +3,7 @@
 # Run in parts if you like (one seed per call): collect_runs.py adds the parts up.
 set -euo pipefail
 export POLYCOM_DATA_DIR="${POLYCOM_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/ import this checkout's polycom, wherever pip -e points
 study=experiments/2026-12-02-dense-activations-cpu
 for seed in 0 1 2; do
   .venv/bin/python train.py -m experiment=compare_activations activation=relu,gelu,swiglu,relu2,polyrelu,polynorm \

@@ -7,6 +7,7 @@
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
 set -euo pipefail
 export POLYCOM_DATA_DIR="${POLYCOM_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/ import this checkout's polycom, wherever pip -e points
 study=experiments/2026-12-05-babylm-scale-dense-cpu
 activations=(relu gelu swiglu relu2 polyrelu polynorm)
 py=.venv/bin/python

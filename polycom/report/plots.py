@@ -18,7 +18,7 @@ from polycom.report.tables import ordered_activations  # noqa: E402
 
 
 def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: float = 0.1) -> None:
-    """Mean validation loss per activation against tokens, with a ±1 std band over seeds.
+    """Mean validation loss per activation against tokens, with the t-based 95% interval over seeds as a band.
 
     Only token counts present in every seed's curve are plotted. The first ``skip_first_fraction`` of
     training is cut so the interesting end of the curves is readable.
@@ -31,15 +31,14 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
             continue
         start = common[-1] * skip_first_fraction
         tokens = np.array([t for t in common if t >= start])
-        values = np.array([[c[t] for t in tokens] for c in curves[act]])
-        mean = values.mean(0)
-        ax.plot(tokens, mean, label=f"{act} (n={len(values)})")
-        if len(values) > 1:
-            std = values.std(0, ddof=1)
-            ax.fill_between(tokens, mean - std, mean + std, alpha=0.2)
+        aggs = [aggregate([c[t] for c in curves[act]]) for t in tokens]
+        (line,) = ax.plot(tokens, [a.mean for a in aggs], label=f"{act} (n={aggs[0].n})")
+        if aggs[0].n > 1:
+            ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs], color=line.get_color(),
+                            alpha=0.2)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss (mean ± 1 std over seeds)")
+    ax.set_title("Validation loss (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -69,8 +68,10 @@ def plot_gap_curves(curves: list[GapCurve], baseline: str, path: Path, key: str 
     plt.close(fig)
 
 
-def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path) -> None:
-    """Grouped bars: one group per metric, one bar per activation, error bars = std over seeds."""
+def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path, labels: list[str] | None = None,
+                         title: str = "Downstream accuracy") -> None:
+    """Grouped bars: one group per metric (named by ``labels``, default the metric keys), one bar per activation,
+    error bars = std over seeds."""
     acts = ordered_activations(rows)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * len(acts) / 3), 4.5))
     width = 0.8 / max(1, len(acts))
@@ -83,9 +84,9 @@ def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path) -> No
             stds.append(0.0 if np.isnan(agg.std) else agg.std)
         ax.bar(x + (i - (len(acts) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=act)
     ax.set_xticks(x)
-    ax.set_xticklabels(metrics, rotation=30, ha="right")
+    ax.set_xticklabels(labels or metrics, rotation=30, ha="right")
     ax.set_ylabel("accuracy")
-    ax.set_title("Downstream accuracy (mean ± 1 std over seeds)")
+    ax.set_title(f"{title} (mean ± 1 std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(ncol=min(len(acts), 6), fontsize=8)
     fig.tight_layout()

@@ -6,10 +6,13 @@ import csv
 import math
 from pathlib import Path
 
-from polycom.runs import ACTIVATION_ORDER
+from polycom.runs import ACTIVATION_ORDER, breakdown_parts
 from polycom.report.runs import variant_of, variants
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
+# a task's per-group results (BLiMP's 12 phenomenon groups) get a table in summary.md up to this many groups;
+# larger breakdowns (BLiMP's 67 paradigms, MMLU's 57 subjects) are in summary.csv and results.csv only
+MAX_GROUPS_IN_MARKDOWN = 20
 # "better" for the significance marks; for the layer similarity, the paper's reading (less alike layers)
 LOWER_IS_BETTER = ("analysis/similarity_off_diagonal", "analysis/similarity_adjacent")
 
@@ -76,17 +79,34 @@ def write_summary_csv(summary: list[dict], path: Path, by: list[str] = ()) -> No
 
 
 def markdown(summary: list[dict], baseline: str, by: list[str] = ()) -> str:
-    """Without ``by``: the two tables of ``metric_tables``. With it: first a grid of the validation loss, a
-    row per activation and a column per ``by`` value (the best value of each activation in bold), then the
-    two tables for each ``by`` value."""
+    """Without ``by``: the two tables of ``metric_tables`` for the headline metrics, then ``breakdown_tables``.
+    With it: first a grid of the validation loss, a row per activation and a column per ``by`` value (the best
+    value of each activation in bold), then the two tables of headline metrics for each ``by`` value."""
     by = list(by)
+    headline = [r for r in summary if breakdown_parts(r["metric"]) is None]
     if not by:
-        return metric_tables(summary, baseline)
+        return metric_tables(headline, baseline) + breakdown_tables(summary, baseline)
     parts = [grid_markdown(summary, by)]
-    for v in variants(summary, by):
-        part = [r for r in summary if variant_of(r, by) == v]
+    for v in variants(headline, by):
+        part = [r for r in headline if variant_of(r, by) == v]
         parts.append(f"## {variant_label(by, v)}\n\n" + metric_tables(part, baseline))
     return "\n".join(parts)
+
+
+def breakdown_tables(summary: list[dict], baseline: str, max_groups: int = MAX_GROUPS_IN_MARKDOWN) -> str:
+    """``metric_tables`` of each task's per-group results (``blimp/phenomenon/<group>/acc``), one section per
+    task and breakdown key with at most ``max_groups`` groups; "" when there are none."""
+    sections: dict[tuple[str, str], list[dict]] = {}
+    for row in summary:
+        parts = breakdown_parts(row["metric"])
+        if parts:
+            sections.setdefault(parts[:2], []).append(row)
+    out = []
+    for (task, key), rows in sections.items():
+        groups = {breakdown_parts(r["metric"])[2] for r in rows}
+        if len(groups) <= max_groups:
+            out.append(f"\n### {task} by {key} ({len(groups)} groups)\n\n" + metric_tables(rows, baseline))
+    return "".join(out)
 
 
 def grid_markdown(summary: list[dict], by: list[str], metric: str = "val_loss") -> str:
@@ -143,6 +163,9 @@ def metric_tables(summary: list[dict], baseline: str) -> str:
             cells.append(f"{_fmt(r['diff_vs_baseline'], sign=True)} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
                          f"p={_fmt(r['p_value'], 3)}{mark}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05 (no correction for multiple "
-              "comparisons). Values are mean ± sample std over seeds, with a t-based 95% interval."]
+    tests = sum(1 for a in others for m in metrics if not math.isnan(cell.get((a, m), {}).get("p_value", math.nan)))
+    lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05, with no correction for multiple "
+              f"comparisons: of the {tests} tests in this table about {tests * 0.05:.1f} would reach p < 0.05 by "
+              f"chance alone; Bonferroni's threshold for the table is p < {0.05 / max(tests, 1):.2g}. "
+              "Values are mean ± sample std over seeds, with a t-based 95% interval."]
     return "\n".join(lines) + "\n"
