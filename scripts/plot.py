@@ -34,7 +34,7 @@ def headline_metrics(rows: list[dict]) -> list[str]:
 
 def breakdown_metrics(rows: list[dict]) -> dict[tuple[str, str], list[str]]:
     """Per-group accuracy metrics by (task, breakdown key), for breakdowns of at most MAX_GROUPS_IN_MARKDOWN
-    groups (BLiMP's 12 phenomena, not its 67 paradigms)."""
+    groups (BLiMP's 13 phenomena, not its 67 paradigms)."""
     sections: dict[tuple[str, str], list[str]] = {}
     for key in accuracy_metrics(rows):
         parts = breakdown_parts(key)

@@ -5,6 +5,7 @@
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 19 runs of 1M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh runs     # 2. 6 activations x 3 seeds, ~16M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh status   # which runs are done
 set -euo pipefail
 export POLYCOM_DATA_DIR="${POLYCOM_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/ import this checkout's polycom, wherever pip -e points
@@ -33,9 +34,12 @@ grid() {
 # Each activation's best learning rate in the grid (lr-grid/summary.md, 2026-12-05).
 declare -A LR=([relu]=0.002 [gelu]=0.002 [swiglu]=0.002 [relu2]=0.002 [polyrelu]=0.002 [polynorm]=0.004)
 
+# The baseline and PolyCom first, so that a study cut short by a session's end already holds the headline pairs.
+run_order=(swiglu polynorm polyrelu gelu relu2 relu)
+
 runs() {
   for seed in 0 1 2; do
-    for act in "${activations[@]}"; do
+    for act in "${run_order[@]}"; do
       [ -f "$study/runs/$act-s$seed/summary.json" ] && continue  # collected in an earlier session
       lr=${LR[$act]}
       run=outputs/study/babylm/$act-s$seed
@@ -47,9 +51,21 @@ runs() {
   done
 }
 
+status() {  # which of the 18 runs are collected, which one has checkpoints to resume from
+  for seed in 0 1 2; do
+    for act in "${run_order[@]}"; do
+      if [ -f "$study/runs/$act-s$seed/summary.json" ]; then state=collected
+      elif compgen -G "outputs/study/babylm/$act-s$seed/checkpoints/step_*" > /dev/null; then
+        state="started (resumes from $(ls outputs/study/babylm/$act-s$seed/checkpoints | tail -1))"
+      else state=missing; fi
+      echo "$act-s$seed: $state"
+    done
+  done
+}
+
 report() {
   $py scripts/summarize.py $study/runs --out-dir $study
   $py scripts/plot.py $study/runs --out-dir $study
 }
 
-"${1:?usage: run.sh grid|runs|report}"
+"${1:?usage: run.sh grid|runs|report|status}"

@@ -10,7 +10,7 @@ from polycom.runs import ACTIVATION_ORDER, breakdown_parts
 from polycom.report.runs import variant_of, variants
 from polycom.report.stats import aggregate, by_activation, paired_difference
 
-# a task's per-group results (BLiMP's 12 phenomenon groups) get a table in summary.md up to this many groups;
+# a task's per-group results (BLiMP's 13 phenomenon groups) get a table in summary.md up to this many groups;
 # larger breakdowns (BLiMP's 67 paradigms, MMLU's 57 subjects) are in summary.csv and results.csv only
 MAX_GROUPS_IN_MARKDOWN = 20
 # "better" for the significance marks; for the layer similarity, the paper's reading (less alike layers)
