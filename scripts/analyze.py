@@ -88,13 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import polycom.model  # noqa: F401  registers the polycom model type with the Auto classes
+    from polycom.model.loading import load_exported  # importing polycom.model registers the Auto classes
 
     folder = model_folder(args.path)
-    model = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model, tokenizer = load_exported(folder, args.device)
     if args.text_file:
         text, source = read_text_file(args.text_file), str(args.text_file)
     else:

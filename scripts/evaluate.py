@@ -36,14 +36,12 @@ def resolve_dirs(cfg: DictConfig) -> tuple[Path, Path]:
 
 def load_model(model_dir: Path, device: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import polycom.model  # noqa: F401  registers the polycom model type with the Auto classes
+    from polycom.model.loading import load_exported  # importing polycom.model registers the Auto classes
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return load_exported(model_dir, device)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")

@@ -129,3 +129,22 @@ def test_analyze_reads_the_text_fields_of_a_jsonl_file(tmp_path):
     path = tmp_path / "books.jsonl"
     path.write_text(json.dumps({"id": "a", "text": "First book."}) + "\n\n" + json.dumps({"text": "Second."}) + "\n")
     assert load_script("analyze").read_text_file(path) == "First book.\n\nSecond."
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_export_whose_weights_do_not_load_is_refused_not_analysed_at_random(tmp_path, make_tiny_model,
+                                                                                tiny_tokenizer, tied):
+    from safetensors.torch import load_file, save_file
+
+    from polycom.model.loading import load_exported
+
+    model_dir = tmp_path / "run" / "hf"
+    model = make_tiny_model("gelu", tie_word_embeddings=tied)
+    model.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    loaded, _ = load_exported(model_dir)  # a correct export (tied: no lm_head.weight stored) loads as saved
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    weights = model_dir / "model.safetensors"
+    save_file({f"_orig_mod.{k}": v for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"weights are not in its checkpoint.*_orig_mod\.model"):
+        load_script("analyze").main([str(tmp_path / "run"), "--max-tokens", "64"])

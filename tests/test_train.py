@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -101,6 +102,26 @@ def test_short_run_lowers_the_loss_and_writes_summary(tmp_path, activation):
     assert (tmp_path / "hf" / "model.safetensors").exists() and (tmp_path / "hf" / "tokenizer.json").exists()
     if ACTIVATIONS[activation].polycom:
         assert "polycom/layer0/a0" in records[-1]
+
+
+@pytest.mark.slow
+def test_a_compiled_run_exports_its_trained_weights_under_their_plain_names(tmp_path):
+    """torch.compile names the weights ``_orig_mod.<name>``: the export must not carry that into the HF folder,
+    where from_pretrained would match none of them and silently start from random weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    _train(tmp_path, ["activation=polynorm", "trainer.compile=true", "trainer.max_steps=4", "trainer.log_interval=1"])
+    assert "polycom/layer0/a0" in _losses(tmp_path)[-1]  # coefficients are read through the compiled wrapper
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True,
+                                                       output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    (final,) = (tmp_path / "checkpoints").glob("step_*4")
+    trained = {name.replace("_orig_mod.", ""): value for name, value in load_file(final / "model.safetensors").items()}
+    exported = model.state_dict()
+    assert trained.keys() <= exported.keys()
+    for name, value in trained.items():
+        assert torch.equal(exported[name], value), name
 
 
 def test_in_loop_downstream_metrics_reach_metrics_and_summary(tmp_path, data_dir):

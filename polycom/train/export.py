@@ -55,12 +55,21 @@ The model's code (`modeling.py` and the files it imports) needs only `torch` and
 """
 
 
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper adds to the names of the module's weights
+
+
 def export_hf(accelerator: Accelerator, model, tokenizer, run_dir: Path, summary: dict) -> None:
-    """The final model, tokenizer and model card under ``<run_dir>/hf`` (collective: every process calls it)."""
-    state_dict = accelerator.get_state_dict(model)
+    """The final model, tokenizer and model card under ``<run_dir>/hf`` (collective: every process calls it).
+
+    A ``torch.compile``'d model's state dict names every weight ``_orig_mod.<name>``; the export strips that, or
+    ``from_pretrained`` would find none of its weights and initialise the model at random (with a load report
+    as the only sign)."""
+    state_dict = accelerator.get_state_dict(model)  # collective under DeepSpeed/FSDP
     if accelerator.is_main_process:
+        state_dict = {name.replace(COMPILED_PREFIX, ""): value for name, value in state_dict.items()}
         out = Path(run_dir) / "hf"
-        accelerator.unwrap_model(model).save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+        plain.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out)
         (out / "README.md").write_text(model_card(summary))
     accelerator.wait_for_everyone()

@@ -107,7 +107,7 @@ class TrainMetrics(Hook):
                            "nonfinite_steps": self.state.nonfinite_steps})
         if self.peak:
             ctx.record["mfu"] = mfu(tokens_per_s, self.flops_per_token, self.peak * self.accelerator.num_processes)
-        ctx.record.update(activation_values(self.accelerator.unwrap_model(self.model)))
+        ctx.record.update(activation_values(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)))
         aux = ctx.result.aux
         if aux:
             ctx.record["load_balance_loss"] = reduce(aux["load_balance_loss"], "mean").item()
