@@ -164,8 +164,9 @@ def metric_tables(summary: list[dict], baseline: str) -> str:
                          f"p={_fmt(r['p_value'], 3)}{mark}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     tests = sum(1 for a in others for m in metrics if not math.isnan(cell.get((a, m), {}).get("p_value", math.nan)))
+    caveat = (f"of the {tests} tests in this table about {tests * 0.05:.1f} would reach p < 0.05 by chance alone; "
+              f"Bonferroni's threshold for the table is p < {0.05 / tests:.2g}" if tests else
+              "no test here has two seeds or more")
     lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05, with no correction for multiple "
-              f"comparisons: of the {tests} tests in this table about {tests * 0.05:.1f} would reach p < 0.05 by "
-              f"chance alone; Bonferroni's threshold for the table is p < {0.05 / max(tests, 1):.2g}. "
-              "Values are mean ± sample std over seeds, with a t-based 95% interval."]
+              f"comparisons: {caveat}. Values are mean ± sample std over seeds, with a t-based 95% interval."]
     return "\n".join(lines) + "\n"
