@@ -17,7 +17,7 @@ from pathlib import Path
 from polycom.report.curves import gap_curves
 from polycom.report.plots import plot_downstream_bars, plot_gap_curves, plot_metric_by, plot_val_loss_curves
 from polycom.report.runs import add_by_option, load_runs_or_exit
-from polycom.report.tables import MAX_GROUPS_IN_MARKDOWN
+from polycom.report.tables import breakdown_sections
 from polycom.runs import breakdown_parts
 
 
@@ -30,17 +30,6 @@ def accuracy_metrics(rows: list[dict]) -> list[str]:
 def headline_metrics(rows: list[dict]) -> list[str]:
     """The task-level accuracy metrics: `<task>/acc` style keys."""
     return [k for k in accuracy_metrics(rows) if breakdown_parts(k) is None]
-
-
-def breakdown_metrics(rows: list[dict]) -> dict[tuple[str, str], list[str]]:
-    """Per-group accuracy metrics by (task, breakdown key), for breakdowns of at most MAX_GROUPS_IN_MARKDOWN
-    groups (BLiMP's 13 phenomena, not its 67 paradigms)."""
-    sections: dict[tuple[str, str], list[str]] = {}
-    for key in accuracy_metrics(rows):
-        parts = breakdown_parts(key)
-        if parts:
-            sections.setdefault(parts[:2], []).append(key)
-    return {k: v for k, v in sections.items() if len({breakdown_parts(m)[2] for m in v}) <= MAX_GROUPS_IN_MARKDOWN}
 
 
 def main(argv=None) -> None:
@@ -70,7 +59,7 @@ def main(argv=None) -> None:
     if metrics:
         plot_downstream_bars(rows, metrics, out / "downstream.png")
         written.append(out / "downstream.png")
-    for (task, key), group_metrics in breakdown_metrics(rows).items():
+    for (task, key), group_metrics in breakdown_sections(accuracy_metrics(rows)).items():
         path = out / f"{task}_{key}.png"
         labels = ["/".join(breakdown_parts(m)[2:]) for m in group_metrics]
         plot_downstream_bars(rows, group_metrics, path, labels=labels, title=f"{task} accuracy by {key}")

@@ -93,19 +93,27 @@ def markdown(summary: list[dict], baseline: str, by: list[str] = ()) -> str:
     return "\n".join(parts)
 
 
-def breakdown_tables(summary: list[dict], baseline: str, max_groups: int = MAX_GROUPS_IN_MARKDOWN) -> str:
-    """``metric_tables`` of each task's per-group results (``blimp/phenomenon/<group>/acc``), one section per
-    task and breakdown key with at most ``max_groups`` groups; "" when there are none."""
-    sections: dict[tuple[str, str], list[dict]] = {}
-    for row in summary:
-        parts = breakdown_parts(row["metric"])
+def breakdown_sections(metrics, max_groups: int = MAX_GROUPS_IN_MARKDOWN) -> dict[tuple[str, str], list[str]]:
+    """The per-group metrics among ``metrics`` (``blimp/phenomenon/<group>/acc``) by (task, breakdown key), for
+    the breakdowns of at most ``max_groups`` groups (BLiMP's 13 phenomena, not its 67 paradigms)."""
+    sections: dict[tuple[str, str], list[str]] = {}
+    for metric in metrics:
+        parts = breakdown_parts(metric)
         if parts:
-            sections.setdefault(parts[:2], []).append(row)
+            sections.setdefault(parts[:2], []).append(metric)
+    return {key: names for key, names in sections.items() if len(group_names(names)) <= max_groups}
+
+
+def group_names(metrics: list[str]) -> list[str]:
+    return list(dict.fromkeys(breakdown_parts(m)[2] for m in metrics))
+
+
+def breakdown_tables(summary: list[dict], baseline: str, max_groups: int = MAX_GROUPS_IN_MARKDOWN) -> str:
+    """``metric_tables`` of each ``breakdown_sections`` section, one per task and breakdown key; "" for none."""
     out = []
-    for (task, key), rows in sections.items():
-        groups = {breakdown_parts(r["metric"])[2] for r in rows}
-        if len(groups) <= max_groups:
-            out.append(f"\n### {task} by {key} ({len(groups)} groups)\n\n" + metric_tables(rows, baseline))
+    for (task, key), metrics in breakdown_sections(dict.fromkeys(r["metric"] for r in summary), max_groups).items():
+        rows = [r for r in summary if r["metric"] in metrics]
+        out.append(f"\n### {task} by {key} ({len(group_names(metrics))} groups)\n\n" + metric_tables(rows, baseline))
     return "".join(out)
 
 
