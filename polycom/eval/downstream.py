@@ -98,18 +98,17 @@ def load_examples(task: Task, data_dir: str | Path | None, limit: int | None,
     return examples, skipped
 
 
-def flatten_metrics(results: dict, groups: bool = False) -> dict[str, float]:
-    """``{"<task>/<metric>": value}`` for loggers; with ``groups``, also
+def flatten_metrics(results: dict) -> dict[str, float]:
+    """``{"<task>/<metric>": value}`` for loggers and summary.json, and the per-group results as
     ``"<task>/<breakdown key>/<group>/<metric>"`` (MMLU subjects, BLiMP paradigms and phenomena)."""
     flat = {}
     for task, result in results.items():
         for metric, value in result["metrics"].items():
             flat[f"{task}/{metric}"] = value
-        if groups:
-            for key, members in result.get("groups", {}).items():
-                for name, metrics in members.items():
-                    for metric, value in metrics.items():
-                        flat[f"{task}/{key}/{name}/{metric}"] = value
+        for key, members in result.get("groups", {}).items():
+            for name, metrics in members.items():
+                for metric, value in metrics.items():
+                    flat[f"{task}/{key}/{name}/{metric}"] = value
     return flat
 
 

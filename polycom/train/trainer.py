@@ -133,7 +133,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
                                  limit=cfg.eval.downstream_limit, data_dir=cfg.eval.data_dir,
                                  batch_size=cfg.eval.downstream_batch_size, accelerator=accelerator,
                                  too_long=cfg.eval.downstream_too_long)
-        return flatten_metrics(results, groups=True)  # BLiMP phenomena, MMLU subjects: in summary.json and W&B
+        return flatten_metrics(results)  # per-group results too: BLiMP phenomena, MMLU subjects
 
     progress = tqdm(total=steps, initial=start_step, disable=not (is_main and tc.progress_bar), desc=name,
                     dynamic_ncols=True)
