@@ -34,32 +34,35 @@ grid() {
 # Each activation's best learning rate in the grid (lr-grid/summary.md, 2026-12-05).
 declare -A LR=([relu]=0.002 [gelu]=0.002 [swiglu]=0.002 [relu2]=0.002 [polyrelu]=0.002 [polynorm]=0.004)
 
-# The baseline and PolyCom first, so that a study cut short by a session's end already holds the headline pairs.
-run_order=(swiglu polynorm polyrelu gelu relu2 relu)
+# The headline pair (SwiGLU, PolyNorm) over all seeds first, so that a study cut short by a session's end already
+# gives the paired gap with an interval; then PolyReLU and the other baselines, seed by seed.
+queue=()
+for seed in 0 1 2; do queue+=("swiglu $seed" "polynorm $seed"); done
+for seed in 0 1 2; do for act in polyrelu gelu relu2 relu; do queue+=("$act $seed"); done; done
+
+started() { compgen -G "outputs/study/babylm/$1-s$2/checkpoints/step_*" > /dev/null; }
+
+run_one() {
+  local act=$1 seed=$2 run=outputs/study/babylm/$1-s$2
+  [ -f "$study/runs/$act-s$seed/summary.json" ] && return 0  # collected in an earlier session
+  $py train.py experiment=babylm_scale activation=$act optim.lr=${LR[$act]} seed=$seed trainer.progress_bar=false \
+      trainer.resume=auto hydra.run.dir=$run
+  $py scripts/analyze.py $run --text-file "$POLYCOM_DATA_DIR/corpus/gutenberg/validation-000.jsonl"
+  $py scripts/collect_runs.py $run --out-dir $study/runs  # committed run by run
+}
 
 runs() {
-  for seed in 0 1 2; do
-    for act in "${run_order[@]}"; do
-      [ -f "$study/runs/$act-s$seed/summary.json" ] && continue  # collected in an earlier session
-      lr=${LR[$act]}
-      run=outputs/study/babylm/$act-s$seed
-      $py train.py experiment=babylm_scale activation=$act optim.lr=$lr seed=$seed trainer.progress_bar=false \
-          trainer.resume=auto hydra.run.dir=$run
-      $py scripts/analyze.py $run --text-file "$POLYCOM_DATA_DIR/corpus/gutenberg/validation-000.jsonl"
-      $py scripts/collect_runs.py $run --out-dir $study/runs  # committed run by run
-    done
-  done
+  for cell in "${queue[@]}"; do if started $cell; then run_one $cell; fi; done  # finish interrupted runs first
+  for cell in "${queue[@]}"; do run_one $cell; done
 }
 
 status() {  # which of the 18 runs are collected, which one has checkpoints to resume from
-  for seed in 0 1 2; do
-    for act in "${run_order[@]}"; do
-      if [ -f "$study/runs/$act-s$seed/summary.json" ]; then state=collected
-      elif compgen -G "outputs/study/babylm/$act-s$seed/checkpoints/step_*" > /dev/null; then
-        state="started (resumes from $(ls outputs/study/babylm/$act-s$seed/checkpoints | tail -1))"
-      else state=missing; fi
-      echo "$act-s$seed: $state"
-    done
+  for cell in "${queue[@]}"; do
+    read -r act seed <<< "$cell"
+    if [ -f "$study/runs/$act-s$seed/summary.json" ]; then state=collected
+    elif started $act $seed; then state="started (resumes from $(ls outputs/study/babylm/$act-s$seed/checkpoints | tail -1))"
+    else state=missing; fi
+    echo "$act-s$seed: $state"
   done
 }
 
