@@ -14,6 +14,22 @@ os.environ.setdefault("POLYCOM_CACHE_DIR", os.path.join(_CACHE, "polycom"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses (torchrun workers, train.py, scripts/) import this checkout's polycom, not whichever checkout an
+# editable install in a shared venv last pointed at.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run many small ops; with two threads on shared cores each op waits for a descheduled
+    OpenMP peer (2-3x slower under load). One thread keeps such tests fast; results do not depend on it.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

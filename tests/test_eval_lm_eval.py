@@ -7,22 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO_ROOT
 from polycom.eval import evaluate_tasks
 
 N = 50
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops; with two threads on shared cores each op waits for a descheduled
-    OpenMP peer (2-3x slower under load). One thread keeps these tests fast; results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def arrow_file(data_dir, folder):

@@ -36,14 +36,7 @@ class BigramModel(nn.Module):
 VOCAB = 512
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run many small ops; with two threads on shared cores each op waits for a descheduled
-    OpenMP peer (2-3x slower under load). One thread keeps these tests fast; results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def uniform_model() -> BigramModel:
