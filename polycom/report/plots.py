@@ -10,11 +10,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from polycom.report.curves import GapCurve, seed_curves  # noqa: E402
 from polycom.report.runs import variants  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
+
+
+def _token_axis(ax) -> None:
+    """x axis in training tokens, ticks written 2M, 500k (not 0.2 with a 1e7 offset)."""
+    ax.set_xlabel("training tokens")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
 
 
 def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: float = 0.1) -> None:
@@ -36,7 +43,7 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
         if aggs[0].n > 1:
             ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs], color=line.get_color(),
                             alpha=0.2)
-    ax.set_xlabel("training tokens")
+    _token_axis(ax)
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3)
@@ -58,7 +65,7 @@ def plot_gap_curves(curves: list[GapCurve], baseline: str, path: Path, key: str 
         if not np.isnan(low).all():
             ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.15)
     ax.axhline(0.0, color="black", lw=0.8)
-    ax.set_xlabel("training tokens")
+    _token_axis(ax)
     ax.set_ylabel(f"{key.replace('_', ' ')} − {baseline}")
     ax.set_title(f"Gap to {baseline} (paired by seed; mean and 95% CI)")
     ax.grid(alpha=0.3)
