@@ -6,7 +6,8 @@ seeds, with paired differences against a baseline (same seed) and a paired t-tes
 
 Writes results.csv (per run), summary.csv (per activation and metric) and summary.md into --out-dir
 (default: the first folder given). summary.md ends with the learning-curve table: each activation's validation-loss
-gap to the baseline where it is largest and at the end (paired by seed, 95% intervals).
+gap to the baseline where it is largest and at the end (paired by seed, 95% intervals); val_loss_gap.csv has
+that gap at every validation point, its interval and each seed's own gap.
 
 A sweep over something other than activation and seed (an lr grid) needs ``--by optim.lr``: each value
 is then summarized on its own, with a grid of validation loss by activation and value on top. Without it,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polycom.report.curves import gap_curves, gap_markdown
+from polycom.report.curves import gap_curves, gap_markdown, write_gap_csv
 from polycom.report.runs import add_by_option, load_runs_or_exit, write_results_csv
 from polycom.report.tables import markdown, summary_rows, write_summary_csv
 
@@ -41,9 +42,10 @@ def main(argv=None) -> None:
     gaps = [] if args.by else gap_curves(rows, args.baseline)
     if gaps:
         text += "\n" + gap_markdown(gaps, args.baseline)
+        write_gap_csv(gaps, out / "val_loss_gap.csv")
     (out / "summary.md").write_text(text)
     print(text)
-    print(f"{len(rows)} runs -> {out}/results.csv, summary.csv, summary.md")
+    print(f"{len(rows)} runs -> {out}/results.csv, summary.csv, summary.md" + (", val_loss_gap.csv" if gaps else ""))
 
 
 if __name__ == "__main__":

@@ -224,6 +224,11 @@ def test_plot_and_summary_include_the_gap_curves(tmp_path):
     assert (out / "val_loss_gap.png").stat().st_size > 1000
     summarize.main([str(root), "--out-dir", str(out)])
     assert "Learning curves: val_loss gap to swiglu" in (out / "summary.md").read_text()
+    with open(out / "val_loss_gap.csv") as f:
+        points = list(csv.DictReader(f))
+    assert [(p["activation"], int(p["tokens"])) for p in points] == [("polynorm", 100), ("polynorm", 200)]
+    assert float(points[1]["seed_0"]) == pytest.approx(-0.1) and float(points[1]["seed_1"]) == pytest.approx(-0.2)
+    assert float(points[1]["mean_gap"]) == pytest.approx(-0.15) and int(points[1]["n"]) == 2
 
 
 def test_per_group_results_get_their_own_tables_and_plots_up_to_twenty_groups(tmp_path):

@@ -4,8 +4,8 @@ For each exported model, the accuracy of picking the answer with the highest sum
 (lm-eval's ``acc``) when the answer follows (a) lm-eval's prompt, support passage + question, (b) the question
 alone, (c) nothing (the model's prior for the answer string), and (d) (a) minus (c), i.e. how much the context
 raised each answer's probability. If (c) is below chance too, the gold answers are simply less likely strings
-than the distractors, whatever the question. Also prints how long the gold answers and the distractors are in
-the first run's tokens and how often each occurs in the support passage.
+than the distractors, whatever the question. Also prints how long the gold answers and the distractors are (in
+characters and in the first run's tokens) and how often each occurs in the support passage.
     python experiments/2026-12-05-babylm-scale-dense-cpu/sciq_probe.py outputs/study/babylm/*-s0
 """
 
@@ -26,22 +26,26 @@ def accuracy(scores: np.ndarray, gold: np.ndarray) -> float:
 
 
 def answer_statistics(examples, tokenizer) -> str:
-    """Mean token count of gold answers vs distractors, and how often each occurs in the support passage."""
-    gold_tokens, other_tokens, gold_in_support, other_in_support = [], [], 0, 0.0
+    """Gold answers vs distractors: mean length in characters and tokens, how often the gold answer is the
+    longest / shortest of the choices, and how often each occurs in the support passage."""
+    chars, tokens, in_support = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}
+    longest = shortest = 0
     for example in examples:
         context = example.requests[0].context
         support = context[:context.rindex("Question:")].lower()
+        lengths = [len(answer) for answer in example.answers]
+        longest += lengths[example.gold] > max(lengths[:example.gold] + lengths[example.gold + 1:])
+        shortest += lengths[example.gold] < min(lengths[:example.gold] + lengths[example.gold + 1:])
         for index, answer in enumerate(example.answers):
-            tokens = len(tokenizer(" " + answer)["input_ids"])
-            if index == example.gold:
-                gold_tokens.append(tokens)
-                gold_in_support += answer.lower() in support
-            else:
-                other_tokens.append(tokens)
-                other_in_support += (answer.lower() in support) / (len(example.answers) - 1)
-    return (f"{len(examples)} questions: gold answers {np.mean(gold_tokens):.2f} tokens, distractors "
-            f"{np.mean(other_tokens):.2f}; in the support passage: gold {gold_in_support}, "
-            f"a distractor {other_in_support:.0f} (mean of the three)")
+            gold = index == example.gold
+            chars[gold].append(len(answer))
+            tokens[gold].append(len(tokenizer(" " + answer)["input_ids"]))
+            in_support[gold].append(answer.lower() in support)
+    n, others = len(examples), len(examples[0].answers) - 1
+    return (f"{n} questions: gold answers {np.mean(chars[True]):.1f} characters and {np.mean(tokens[True]):.2f} "
+            f"tokens, distractors {np.mean(chars[False]):.1f} and {np.mean(tokens[False]):.2f}; gold the strictly "
+            f"longest choice in {longest}, the shortest in {shortest}; in the support passage: gold "
+            f"{sum(in_support[True])}, a distractor {sum(in_support[False]) / others:.0f} (mean of the {others})")
 
 
 def main() -> None:

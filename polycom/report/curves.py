@@ -7,6 +7,7 @@ comes early and whose final value is much smaller is shrinking.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class GapCurve:
     activation: str
     tokens: list[int]
     gaps: list[PairedDifference]  # activation minus baseline at each token count, over the seeds both have
+    seed_gaps: dict[int, list[float]]  # the same difference per seed, at each token count
 
     def largest(self) -> tuple[int, PairedDifference]:
         """The point whose mean gap is largest in magnitude."""
@@ -56,7 +58,8 @@ def gap_curves(rows: list[dict], baseline: str, key: str = "val_loss") -> list[G
         gaps = [paired_difference({s: curves[act][s][t] for s in seeds}, {s: curves[baseline][s][t] for s in seeds})
                 for t in tokens]
         if tokens:
-            result.append(GapCurve(act, tokens, gaps))
+            seed_gaps = {s: [curves[act][s][t] - curves[baseline][s][t] for t in tokens] for s in seeds}
+            result.append(GapCurve(act, tokens, gaps, seed_gaps))
     return result
 
 
@@ -78,3 +81,16 @@ def gap_markdown(curves: list[GapCurve], baseline: str, key: str = "val_loss") -
                      f"| {_interval(g_max)} | {t_end:,} | {_fmt(g_end.mean_diff, sign=True)} | {_interval(g_end)} "
                      f"| {_fmt(ratio)} |")
     return "\n".join(lines) + "\n"
+
+
+def write_gap_csv(curves: list[GapCurve], path: Path) -> None:
+    """Every point of every gap curve: its mean and 95% interval over seeds and each seed's own gap
+    (``seed_<k>``, empty where that seed has no pair), the numbers behind the gap plot."""
+    seeds = sorted({s for c in curves for s in c.seed_gaps})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["activation", "tokens", "n", "mean_gap", "ci95_low", "ci95_high"] + [f"seed_{s}" for s in seeds])
+        for curve in curves:
+            for i, (tokens, gap) in enumerate(zip(curve.tokens, curve.gaps)):
+                per_seed = [curve.seed_gaps[s][i] if s in curve.seed_gaps else "" for s in seeds]
+                writer.writerow([curve.activation, tokens, gap.n, gap.mean_diff, gap.ci95_low, gap.ci95_high] + per_seed)
