@@ -246,10 +246,11 @@ def _body(name: str, compiled: bool, x: torch.Tensor, dtype: torch.dtype) -> Cal
     return _EAGER[name]
 
 
-def _run(name: str, compiled: bool, dtype: torch.dtype, *args):
-    """``name`` on ``args`` (``args[0]`` hidden-sized, ``dtype`` the compute dtype)."""
+def _run(name: str, compiled: bool, dtype: torch.dtype, *args, body: Callable | None = None):
+    """``name`` on ``args`` (``args[0]`` hidden-sized, ``dtype`` the compute dtype), by ``body`` when the caller
+    has already chosen it with ``_body``."""
     global _COMPILE_FAILED
-    fn = _body(name, compiled, args[0], dtype)
+    fn = body or _body(name, compiled, args[0], dtype)
     if fn is not _COMPILED.get(name):
         return fn(*args)
     try:
@@ -299,7 +300,8 @@ class _PolyReLUFunction(torch.autograd.Function):
         dtype = _compute_dtype(kept)
         with torch.autocast(kept.device.type, enabled=False):
             g, r = grad_out.to(dtype), kept.to(dtype)
-            if ctx.kept_input and _body("polyrelu_bwd", ctx.compiled, g, dtype) is not polyrelu_backward:
+            body = _body("polyrelu_bwd", ctx.compiled, g, dtype)
+            if ctx.kept_input and body is not polyrelu_backward:
                 r = torch.relu(r)  # the C kernel's forward kept x; the other bodies take relu(x)
-            grad_x, grad_w, grad_b = _run("polyrelu_bwd", ctx.compiled, dtype, g, r, weight.to(dtype))
+            grad_x, grad_w, grad_b = _run("polyrelu_bwd", ctx.compiled, dtype, g, r, weight.to(dtype), body=body)
         return grad_x.to(kept.dtype), grad_w.to(weight.dtype), grad_b.to(weight.dtype), None
