@@ -41,6 +41,11 @@ def _fmt(x: float, digits: int = 4, sign: bool = False) -> str:
     return f"{x:{plus}.4g}" if abs(x) >= 1e5 else f"{x:{plus}.{digits}f}"
 
 
+def _fmt_p(p: float) -> str:
+    """Two significant digits, so that a p-value near a corrected threshold (0.0028 against 0.0029) reads as such."""
+    return "–" if p is None or math.isnan(p) else f"{p:.2g}"
+
+
 def variant_label(by: list[str], values: tuple) -> str:
     return ", ".join(f"{k}={x}" for k, x in zip(by, values))
 
@@ -156,6 +161,7 @@ def metric_tables(summary: list[dict], baseline: str) -> str:
                          f"{_fmt(r['mean'])} ± {_fmt(r['std'])} [{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     others = [a for a in acts if a != baseline]
+    tests = sum(1 for a in others for m in metrics if not math.isnan(cell.get((a, m), {}).get("p_value", math.nan)))
     lines += ["", f"Paired difference vs {baseline} (same seed; activation − {baseline}), "
               "mean [95% CI], paired t-test p:", "",
               "| metric | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
@@ -168,12 +174,12 @@ def metric_tables(summary: list[dict], baseline: str) -> str:
                 continue
             better = (r["diff_vs_baseline"] < 0) == lower_is_better(m)
             mark = "*" if r["p_value"] < 0.05 and better else ("†" if r["p_value"] < 0.05 else "")
+            mark += "‡" if tests and r["p_value"] < 0.05 / tests else ""
             cells.append(f"{_fmt(r['diff_vs_baseline'], sign=True)} [{_fmt(r['diff_ci95_low'])}, {_fmt(r['diff_ci95_high'])}] "
-                         f"p={_fmt(r['p_value'], 3)}{mark}")
+                         f"p={_fmt_p(r['p_value'])}{mark}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    tests = sum(1 for a in others for m in metrics if not math.isnan(cell.get((a, m), {}).get("p_value", math.nan)))
     caveat = (f"of the {tests} tests in this table about {tests * 0.05:.1f} would reach p < 0.05 by chance alone; "
-              f"Bonferroni's threshold for the table is p < {0.05 / tests:.2g}" if tests else
+              f"Bonferroni's threshold for the table is p < {0.05 / tests:.2g} (`‡`: passes it)" if tests else
               "no test here has two seeds or more")
     lines += ["", f"`*` better than {baseline} at p < 0.05, `†` worse at p < 0.05, with no correction for multiple "
               f"comparisons: {caveat}. Values are mean ± sample std over seeds, with a t-based 95% interval."]
