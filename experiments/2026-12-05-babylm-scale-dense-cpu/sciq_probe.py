@@ -33,9 +33,10 @@ def answer_statistics(examples, tokenizer) -> str:
     for example in examples:
         context = example.requests[0].context
         support = context[:context.rindex("Question:")].lower()
-        lengths = [len(answer) for answer in example.answers]
-        longest += lengths[example.gold] > max(lengths[:example.gold] + lengths[example.gold + 1:])
-        shortest += lengths[example.gold] < min(lengths[:example.gold] + lengths[example.gold + 1:])
+        gold_length = len(example.answers[example.gold])
+        distractor_lengths = [len(a) for i, a in enumerate(example.answers) if i != example.gold]
+        longest += gold_length > max(distractor_lengths)
+        shortest += gold_length < min(distractor_lengths)
         for index, answer in enumerate(example.answers):
             gold = index == example.gold
             chars[gold].append(len(answer))
