@@ -265,7 +265,7 @@ def parse_size(text: str) -> tuple[int, int, int, int]:
     return tuple(parts)
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (as trainer.compile)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model (median reported)")
@@ -290,7 +290,86 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.names = [n.strip() for n in args.activations.split(",") if n.strip()]
+    for n in args.names:
+        if n not in ACTIVATIONS:
+            parser.error(f"unknown activation {n!r}")
+    return args
 
+
+def build_entries(args, device) -> list[Entry]:
+    """One model (with its optimizer) per activation, then the references; each built from the same seed."""
+    builders = {n: (lambda n=n: polycom_model(n, args)) for n in args.names}
+    if not args.no_references:
+        builders["llama_swiglu"] = lambda: llama_model(args)
+        builders["polynorm_naive"] = lambda: naive_polynorm_model(args)
+    entries = []
+    for name, build in builders.items():
+        torch.manual_seed(args.seed)
+        entries.append(Entry(name, build(), args, device))
+    return entries
+
+
+def run_steps(entries: list[Entry], batch, args, device) -> None:
+    """Warm-up one model after another (compilation happens here), then the timed steps interleaved
+    round-robin, the start rotating each round."""
+    for e in entries:
+        start = time.perf_counter()
+        for i in range(args.warmup):
+            t = timed_step(e, batch, args, device)
+            if i == 0:
+                e.first_step_s = t
+        print(f"  warm-up {e.name:15s} {time.perf_counter() - start:7.1f} s (first step {e.first_step_s or 0:.2f} s)",
+              flush=True)
+    for r in range(args.steps):
+        for j in range(len(entries)):
+            e = entries[(r + j) % len(entries)]
+            e.times.append(timed_step(e, batch, args, device))
+
+
+def entry_result(e: Entry, batch, args, device, peak) -> dict:
+    """One model's figures: step time statistics, memory (measured here, one model at a time), saved bytes, MFU."""
+    mem = measure_memory(e, batch, args, device)
+    fn, widths = activation_block(e.name, e.model)
+    inputs = [torch.randn(args.micro_batch, args.seq_len, w, device=device, requires_grad=True) for w in widths]
+    tokens = args.micro_batch * args.seq_len
+    step_s = statistics.median(e.times)
+    flops_per_token = model_flops_per_token(e.flops_params, args.size[1], args.size[0], args.seq_len)
+    saved = saved_bytes(fn, *inputs)
+    nongated = int(round(1.5 * args.size[3]))
+    return {
+        "step_ms": step_s * 1e3,
+        "tokens_per_s": tokens / step_s,
+        "peak_mem_mb": mem["peak_mem_mb"],
+        "saved_bytes_per_activation": saved,
+        "mfu": mfu(tokens / step_s, flops_per_token, peak),
+        "step_ms_min": min(e.times) * 1e3,
+        "step_ms_iqr": [statistics.quantiles(e.times, n=4)[i] * 1e3 for i in (0, 2)] if len(e.times) > 1 else None,
+        "step_cpu_ms": statistics.median(e.cpu_times[-len(e.times):]) * 1e3,
+        "step_mem_delta_mb": mem["step_mem_delta_mb"],
+        "first_step_s": e.first_step_s,
+        "num_params": e.num_params,
+        "num_params_flops": e.flops_params,
+        "flops_per_token": flops_per_token,
+        "ffn_hidden": e.model.config.intermediate_size,
+        # the activation's saved bytes in units of one fp32 (batch, seq, non-gated width) tensor
+        "saved_hidden_tensors": saved / (args.micro_batch * args.seq_len * nongated * 4),
+        "loss": e.loss,
+    }
+
+
+def step_ratios(results: dict) -> dict:
+    ratios = {}
+    if "gelu" in results:
+        ratios["step_vs_gelu"] = {n: r["step_ms"] / results["gelu"]["step_ms"] for n, r in results.items()}
+    if "llama_swiglu" in results:
+        ratios["step_vs_llama_swiglu"] = {n: results[n]["step_ms"] / results["llama_swiglu"]["step_ms"]
+                                          for n in ("swiglu", "polynorm") if n in results}
+    return ratios
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -309,79 +388,17 @@ def main(argv=None) -> dict:
     peak = measure_cpu_peak_flops(refresh=True) if device.type == "cpu" else device_peak_flops(device)
     print(f"peak FLOP/s used for MFU: {peak / 1e9:.1f} G" if peak else "peak FLOP/s unknown: no MFU", flush=True)
 
-    names = [n.strip() for n in args.activations.split(",") if n.strip()]
-    for n in names:
-        if n not in ACTIVATIONS:
-            parser.error(f"unknown activation {n!r}")
-    builders = {n: (lambda n=n: polycom_model(n, args)) for n in names}
-    if not args.no_references:
-        builders["llama_swiglu"] = lambda: llama_model(args)
-        builders["polynorm_naive"] = lambda: naive_polynorm_model(args)
-
-    entries = []
-    for name, build in builders.items():
-        torch.manual_seed(args.seed)
-        entries.append(Entry(name, build(), args, device))
+    entries = build_entries(args, device)
     gen = torch.Generator().manual_seed(args.seed)
     batch = torch.randint(0, args.vocab, (args.micro_batch, args.seq_len), generator=gen).to(device)
-    tokens = args.micro_batch * args.seq_len
-
-    # warm-up (compilation happens here), one model after another
-    for e in entries:
-        start = time.perf_counter()
-        for i in range(args.warmup):
-            t = timed_step(e, batch, args, device)
-            if i == 0:
-                e.first_step_s = t
-        print(f"  warm-up {e.name:15s} {time.perf_counter() - start:7.1f} s (first step {e.first_step_s or 0:.2f} s)",
-              flush=True)
-    # timed steps, interleaved round-robin (the start rotates each round)
-    for r in range(args.steps):
-        for j in range(len(entries)):
-            e = entries[(r + j) % len(entries)]
-            e.times.append(timed_step(e, batch, args, device))
-    # memory, one model at a time
-    results = {}
-    for e in entries:
-        mem = measure_memory(e, batch, args, device)
-        fn, widths = activation_block(e.name, e.model)
-        inputs = [torch.randn(args.micro_batch, args.seq_len, w, device=device, requires_grad=True) for w in widths]
-        step_s = statistics.median(e.times)
-        flops_per_token = model_flops_per_token(e.flops_params, args.size[1], args.size[0], args.seq_len)
-        results[e.name] = {
-            "step_ms": step_s * 1e3,
-            "tokens_per_s": tokens / step_s,
-            "peak_mem_mb": mem["peak_mem_mb"],
-            "saved_bytes_per_activation": saved_bytes(fn, *inputs),
-            "mfu": mfu(tokens / step_s, flops_per_token, peak),
-            "step_ms_min": min(e.times) * 1e3,
-            "step_ms_iqr": [statistics.quantiles(e.times, n=4)[i] * 1e3 for i in (0, 2)] if len(e.times) > 1 else None,
-            "step_cpu_ms": statistics.median(e.cpu_times[-len(e.times):]) * 1e3,
-            "step_mem_delta_mb": mem["step_mem_delta_mb"],
-            "first_step_s": e.first_step_s,
-            "num_params": e.num_params,
-            "num_params_flops": e.flops_params,
-            "flops_per_token": flops_per_token,
-            "ffn_hidden": e.model.config.intermediate_size,
-            "saved_hidden_tensors": None,
-            "loss": e.loss,
-        }
-        # the activation's saved bytes in units of one fp32 (batch, seq, non-gated width) tensor
-        nongated = int(round(1.5 * args.size[3]))
-        results[e.name]["saved_hidden_tensors"] = (results[e.name]["saved_bytes_per_activation"]
-                                                   / (args.micro_batch * args.seq_len * nongated * 4))
+    run_steps(entries, batch, args, device)
+    results = {e.name: entry_result(e, batch, args, device, peak) for e in entries}
     if device.type == "cpu":
         info["process_max_rss_mb"] = max_rss_bytes() / 2**20
     if hasattr(os, "getloadavg"):
         info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     info["peak_flops"] = peak
 
-    ratios = {}
-    if "gelu" in results:
-        ratios["step_vs_gelu"] = {n: r["step_ms"] / results["gelu"]["step_ms"] for n, r in results.items()}
-    if "llama_swiglu" in results:
-        ratios["step_vs_llama_swiglu"] = {n: results[n]["step_ms"] / results["llama_swiglu"]["step_ms"]
-                                          for n in ("swiglu", "polynorm") if n in results}
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": info,
@@ -393,7 +410,7 @@ def main(argv=None) -> dict:
                    "autocast": str(args.autocast_dtype) if args.autocast_dtype else None},
         "activations": {n: r for n, r in results.items() if n not in REFERENCES},
         **{n: results[n] for n in REFERENCES if n in results},
-        "ratios": ratios,
+        "ratios": step_ratios(results),
     }
     text = render_markdown(report)
     print(text)
