@@ -234,6 +234,32 @@ def test_plot_and_summary_include_the_gap_curves(tmp_path):
     assert float(points[1]["mean_gap"]) == pytest.approx(-0.15) and int(points[1]["n"]) == 2
 
 
+def test_gap_plot_has_a_panel_per_activation_in_that_activations_color(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    from polycom.report import plots
+    from polycom.report.curves import gap_curves
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_curve_run(root, "swiglu", seed, [6.0, 5.0, 4.0])
+        for i, act in enumerate(("relu", "relu2", "polyrelu", "polynorm")):
+            write_curve_run(root, act, seed, [6.0 - i / 10, 5.0 + seed / 10, 4.0])
+    curves = gap_curves(load_runs([root]), "swiglu")
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to look at it
+    plots.plot_gap_curves(curves, "swiglu", tmp_path / "gap.png")
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["relu (n=2)", "relu2 (n=2)", "polyrelu (n=2)", "polynorm (n=2)"]
+    assert len(fig.axes) == 6  # a 2 x 3 grid, the last two panels hidden
+    for ax, act in zip(panels, ("relu", "relu2", "polyrelu", "polynorm")):
+        data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]  # not the zero line
+        assert len(data_lines) == 3  # two seeds and their mean
+        assert {to_hex(line.get_color()) for line in data_lines} == {to_hex(plots.activation_color(act))}
+    assert len({plots.activation_color(a) for a in ("relu", "gelu", "swiglu", "relu2", "polyrelu", "polynorm")}) == 6
+
+
 def test_per_group_results_get_their_own_tables_and_plots_up_to_twenty_groups(tmp_path):
     """BLiMP's phenomenon groups get a table and a plot; its 67 paradigms only reach the CSVs."""
     root = tmp_path / "runs"

@@ -14,8 +14,18 @@ from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from polycom.report.curves import GapCurve, seed_curves  # noqa: E402
 from polycom.report.runs import variants  # noqa: E402
+from polycom.runs import ACTIVATION_ORDER  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
+
+
+def activation_color(activation: str) -> str:
+    """One color per activation in every plot of a study (its place in ACTIVATION_ORDER in matplotlib's
+    cycle), so that PolyNorm is the same color in the loss curves, the gap panels and the bars."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if activation in ACTIVATION_ORDER:
+        return cycle[ACTIVATION_ORDER.index(activation) % len(cycle)]
+    return cycle[(len(ACTIVATION_ORDER) + sum(map(ord, activation))) % len(cycle)]
 
 
 def _token_axis(ax) -> None:
@@ -39,10 +49,10 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
         start = common[-1] * skip_first_fraction
         tokens = np.array([t for t in common if t >= start])
         aggs = [aggregate([c[t] for c in curves[act]]) for t in tokens]
-        (line,) = ax.plot(tokens, [a.mean for a in aggs], label=f"{act} (n={aggs[0].n})")
+        ax.plot(tokens, [a.mean for a in aggs], color=activation_color(act), label=f"{act} (n={aggs[0].n})")
         if aggs[0].n > 1:
-            ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs], color=line.get_color(),
-                            alpha=0.2)
+            ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs],
+                            color=activation_color(act), alpha=0.2)
     _token_axis(ax)
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss (mean and 95% CI over seeds)")
@@ -54,22 +64,36 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
 
 
 def plot_gap_curves(curves: list[GapCurve], baseline: str, path: Path, key: str = "val_loss") -> None:
-    """The paired gap to ``baseline`` (activation minus baseline, same seed) against tokens, a line per
-    activation with its t-based 95% interval over seeds as a band; zero marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for curve in curves:
+    """The paired gap to ``baseline`` (activation minus baseline, same seed) against tokens: a panel per
+    activation (shared axes) with each seed's gap as a thin line, their mean and its t-based 95% interval over
+    seeds as a band; zero marked. Panels, not one crowded axis: with two seeds the bands are wide (t = 12.7)
+    and would hide the other activations' curves."""
+    if not curves:
+        return
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 3.6 * cols + 0.6), 2.9 * rows + 0.9), sharex=True, sharey=True,
+                             squeeze=False)
+    for i, (ax, curve) in enumerate(zip(axes.flat, curves)):
+        color = activation_color(curve.activation)
         tokens = np.array(curve.tokens)
-        mean = np.array([g.mean_diff for g in curve.gaps])
-        (line,) = ax.plot(tokens, mean, label=f"{curve.activation} (n={curve.gaps[-1].n})")
+        for seed_gap in curve.seed_gaps.values():
+            ax.plot(tokens, seed_gap, color=color, lw=0.7, alpha=0.45)
+        ax.plot(tokens, [g.mean_diff for g in curve.gaps], color=color, lw=1.8)
         low, high = np.array([g.ci95_low for g in curve.gaps]), np.array([g.ci95_high for g in curve.gaps])
         if not np.isnan(low).all():
-            ax.fill_between(tokens, low, high, color=line.get_color(), alpha=0.15)
-    ax.axhline(0.0, color="black", lw=0.8)
-    _token_axis(ax)
-    ax.set_ylabel(f"{key.replace('_', ' ')} − {baseline}")
-    ax.set_title(f"Gap to {baseline} (paired by seed; mean and 95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+            ax.fill_between(tokens, low, high, color=color, alpha=0.15)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_title(f"{curve.activation} (n={curve.gaps[-1].n})", fontsize=10)
+        ax.grid(alpha=0.3)
+        if i + cols >= len(curves):  # lowest panel of its column
+            _token_axis(ax)
+            ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes.flat[len(curves):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{key.replace('_', ' ')} − {baseline}")
+    fig.suptitle(f"Gap to {baseline}, paired by seed: seeds (thin), mean (thick), 95% CI (band)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -89,7 +113,8 @@ def plot_downstream_bars(rows: list[dict], metrics: list[str], path: Path, label
             agg = aggregate(list(by_activation(rows, metric).get(act, {}).values()))
             means.append(agg.mean)
             stds.append(0.0 if np.isnan(agg.std) else agg.std)
-        ax.bar(x + (i - (len(acts) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=act)
+        ax.bar(x + (i - (len(acts) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=act,
+               color=activation_color(act))
     ax.set_xticks(x)
     ax.set_xticklabels(labels or metrics, rotation=30, ha="right")
     ax.set_ylabel("accuracy")
@@ -114,7 +139,8 @@ def plot_metric_by(rows: list[dict], key: str, path: Path, metric: str = "val_lo
         aggs = [aggregate([float(r[metric]) for r in rows if r["activation"] == act and r[key] == v])
                 for v in present]
         ax.errorbar(present if numeric else [str(v) for v in present], [a.mean for a in aggs],
-                    yerr=[0.0 if np.isnan(a.std) else a.std for a in aggs], marker="o", capsize=3, label=act)
+                    yerr=[0.0 if np.isnan(a.std) else a.std for a in aggs], marker="o", capsize=3, label=act,
+                    color=activation_color(act))
     if numeric and min(values) > 0 and max(values) >= 4 * min(values):
         ax.set_xscale("log")
     ax.set_xlabel(key)
