@@ -14,9 +14,9 @@ from matplotlib.ticker import EngFormatter  # noqa: E402
 
 from polycom.report.curves import GapCurve, seed_curves  # noqa: E402
 from polycom.report.runs import variants  # noqa: E402
-from polycom.runs import ACTIVATION_ORDER  # noqa: E402
 from polycom.report.stats import aggregate, by_activation  # noqa: E402
 from polycom.report.tables import ordered_activations  # noqa: E402
+from polycom.runs import ACTIVATION_ORDER  # noqa: E402
 
 
 def activation_color(activation: str) -> str:
@@ -49,10 +49,10 @@ def plot_val_loss_curves(rows: list[dict], path: Path, skip_first_fraction: floa
         start = common[-1] * skip_first_fraction
         tokens = np.array([t for t in common if t >= start])
         aggs = [aggregate([c[t] for c in curves[act]]) for t in tokens]
-        ax.plot(tokens, [a.mean for a in aggs], color=activation_color(act), label=f"{act} (n={aggs[0].n})")
+        color = activation_color(act)
+        ax.plot(tokens, [a.mean for a in aggs], color=color, label=f"{act} (n={aggs[0].n})")
         if aggs[0].n > 1:
-            ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs],
-                            color=activation_color(act), alpha=0.2)
+            ax.fill_between(tokens, [a.ci95_low for a in aggs], [a.ci95_high for a in aggs], color=color, alpha=0.2)
     _token_axis(ax)
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss (mean and 95% CI over seeds)")
@@ -72,8 +72,8 @@ def plot_gap_curves(curves: list[GapCurve], baseline: str, path: Path, key: str 
         return
     cols = min(3, len(curves))
     rows = -(-len(curves) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 3.6 * cols + 0.6), 2.9 * rows + 0.9), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 3.6 * cols + 0.6), 2.9 * rows + 0.9),
+                             sharex=True, sharey=True, squeeze=False)
     for i, (ax, curve) in enumerate(zip(axes.flat, curves)):
         color = activation_color(curve.activation)
         tokens = np.array(curve.tokens)
