@@ -257,7 +257,10 @@ def test_gap_plot_has_a_panel_per_activation_in_that_activations_color(tmp_path,
         data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]  # not the zero line
         assert len(data_lines) == 3  # two seeds and their mean
         assert {to_hex(line.get_color()) for line in data_lines} == {to_hex(plots.activation_color(act))}
-    assert len({plots.activation_color(a) for a in ("relu", "gelu", "swiglu", "relu2", "polyrelu", "polynorm")}) == 6
+    known = {plots.activation_color(a) for a in ("relu", "gelu", "swiglu", "relu2", "polyrelu", "polynorm")}
+    assert len(known) == 6
+    for other in ("silu", "geglu", "polynorm_order4", "x"):  # an activation outside ACTIVATION_ORDER
+        assert plots.activation_color(other) not in known
 
 
 def test_per_group_results_get_their_own_tables_and_plots_up_to_twenty_groups(tmp_path):

@@ -25,7 +25,10 @@ def activation_color(activation: str) -> str:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if activation in ACTIVATION_ORDER:
         return cycle[ACTIVATION_ORDER.index(activation) % len(cycle)]
-    return cycle[(len(ACTIVATION_ORDER) + sum(map(ord, activation))) % len(cycle)]
+    # Another activation takes one of the colors the known ones leave free, chosen from its name so that it
+    # is the same in every plot (several unknown activations may share one).
+    spare = cycle[len(ACTIVATION_ORDER):] or cycle
+    return spare[sum(map(ord, activation)) % len(spare)]
 
 
 def _token_axis(ax) -> None:
