@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from polycom.model.activations import ACTIVATIONS, BACKENDS, OfficialPolyNorm, set_activation_backend
-from polycom.model import PolyComConfig, PolyComForCausalLM
+from polycom.model import PolyComConfig, PolyComForCausalLM, matched_ffn_width
 from polycom.model.stats import count_parameters, model_flops_per_token
 from polycom.train.metrics import cpu_model, device_peak_flops, measure_cpu_peak_flops, mfu
 from polycom.train.optim import build_optimizer
@@ -148,6 +148,11 @@ def ffn_multiple(gated_width: int) -> int:
         if (3 * gated_width) % (2 * m) == 0:
             return m
     return 1
+
+
+def nongated_width(gated_width: int) -> int:
+    """The FFN width of the non-gated activations, as PolyComConfig.matched gives it for this benchmark."""
+    return matched_ffn_width(gated_width, gated=False, multiple=ffn_multiple(gated_width))
 
 
 def polycom_model(name: str, args) -> PolyComForCausalLM:
@@ -336,7 +341,6 @@ def entry_result(e: Entry, batch, args, device, peak) -> dict:
     step_s = statistics.median(e.times)
     flops_per_token = model_flops_per_token(e.flops_params, args.size[1], args.size[0], args.seq_len)
     saved = saved_bytes(fn, *inputs)
-    nongated = int(round(1.5 * args.size[3]))
     return {
         "step_ms": step_s * 1e3,
         "tokens_per_s": tokens / step_s,
@@ -353,7 +357,7 @@ def entry_result(e: Entry, batch, args, device, peak) -> dict:
         "flops_per_token": flops_per_token,
         "ffn_hidden": e.model.config.intermediate_size,
         # the activation's saved bytes in units of one fp32 (batch, seq, non-gated width) tensor
-        "saved_hidden_tensors": saved / (args.micro_batch * args.seq_len * nongated * 4),
+        "saved_hidden_tensors": saved / (args.micro_batch * args.seq_len * nongated_width(args.size[3]) * 4),
         "loss": e.loss,
     }
 
@@ -439,7 +443,7 @@ def render_markdown(report: dict) -> str:
         f"Command: `{report['command']}`",
         "",
         f"Model: d_model {c['d_model']}, {c['layers']} layers, {c['heads']} heads, SwiGLU width {c['gated_width']} "
-        f"(non-gated {int(round(1.5 * c['gated_width']))}), vocab {c['vocab']}, untied embeddings; micro-batch "
+        f"(non-gated {nongated_width(c['gated_width'])}), vocab {c['vocab']}, untied embeddings; micro-batch "
         f"{c['micro_batch']} x {c['seq_len']} tokens, fp32{', ' + c['autocast'] + ' autocast' if c['autocast'] else ''}; "
         f"PolyCom activation backend '{c['act_backend']}'. "
         f"Step = forward + backward + clip + AdamW; median of {c['steps']} steps after {c['warmup']} warm-up steps, "
