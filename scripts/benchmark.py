@@ -50,6 +50,7 @@ from polycom.train.optim import build_optimizer
 
 MODEL_SIZES = {  # d_model, layers, heads, gated (SwiGLU) FFN width
     "cpu_small": (256, 4, 4, 704),  # configs/model/cpu_small.yaml: non-gated width 1056
+    "gpt2_small": (768, 12, 12, 2048),  # configs/model/gpt2_small.yaml: non-gated width 3072 (use --vocab 50304)
     "tiny": (64, 2, 4, 128),
 }
 REFERENCES = ("llama_swiglu", "polynorm_naive")
@@ -276,7 +277,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model first (compile included)")
     parser.add_argument("--model-size", type=parse_size, default=MODEL_SIZES["cpu_small"], dest="size",
-                        help="preset (cpu_small, tiny) or 'd_model,layers,heads,gated_width' "
+                        help=f"preset ({', '.join(MODEL_SIZES)}) or 'd_model,layers,heads,gated_width' "
                              "(default cpu_small = 256,4,4,704)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=8)
@@ -290,6 +291,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default on CUDA; ~27x slower on this CPU)")
+    parser.add_argument("--fp32", action="store_true", help="no autocast, also on CUDA")
     parser.add_argument("--machine", default=None, help="machine label for the file names (default: CPU/GPU model)")
     parser.add_argument("--out-dir", default="experiments/benchmarks")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -378,7 +380,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    args.autocast_dtype = torch.bfloat16 if (args.bf16 or device.type == "cuda") else None
+    args.autocast_dtype = torch.bfloat16 if (args.bf16 or device.type == "cuda") and not args.fp32 else None
     if args.compile:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
@@ -433,6 +435,10 @@ def render_markdown(report: dict) -> str:
     mode = "torch.compile" if report["compiled"] else "eager"
     rows = {**report["activations"], **{n: report[n] for n in REFERENCES if n in report}}
     vs_gelu = report["ratios"].get("step_vs_gelu", {})
+    cuda = str(m.get("device", "")).startswith("cuda")
+    peak_source = ("datasheet dense bf16 peak, polycom.train.metrics" if cuda else "measured fp32 matmul peak")
+    if os.environ.get("POLYCOM_PEAK_FLOPS"):
+        peak_source = "$POLYCOM_PEAK_FLOPS"
     lines = [
         f"# Training-step benchmark, {mode} ({report['date']})",
         "",
@@ -448,9 +454,10 @@ def render_markdown(report: dict) -> str:
         f"PolyCom activation backend '{c['act_backend']}'. "
         f"Step = forward + backward + clip + AdamW; median of {c['steps']} steps after {c['warmup']} warm-up steps, "
         "models interleaved round-robin. MFU against "
-        + (f"{m['peak_flops'] / 1e9:.1f} GFLOP/s (measured fp32 matmul peak)." if m.get("peak_flops") else "no peak."),
+        + (f"{m['peak_flops'] / 1e9:.1f} GFLOP/s ({peak_source})." if m.get("peak_flops") else "no peak."),
         "",
-        "| model | params | step ms (median) | IQR ms | min ms | vs GELU | CPU ms/step | tokens/s | MFU | peak RSS MB | "
+        f"| model | params | step ms (median) | IQR ms | min ms | vs GELU | CPU ms/step | tokens/s | MFU | "
+        f"{'peak allocated MB' if cuda else 'peak RSS MB'} | "
         "step Δ MB | saved by one activation (MB, x hidden) | first step s |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -473,7 +480,8 @@ def render_markdown(report: dict) -> str:
         "spin-waits included), less sensitive than wall time to other jobs on the cores. Peak RSS is the process-wide resident set sampled every 1 ms during one step of that model (all "
         "models live in the process, so it includes the others' parameters and optimizer state); step Δ is the rise "
         "of RSS during that step over the RSS just before it (after `malloc_trim`), i.e. that step's activations "
-        "and temporaries. 'saved by one activation' is what autograd keeps between the two FFN projections of one "
+        "and temporaries (CUDA: `torch.cuda.max_memory_allocated` during one step, and its rise over the memory "
+        "allocated before it). 'saved by one activation' is what autograd keeps between the two FFN projections of one "
         "layer (`saved_tensors_hooks`, once per storage, parameters excluded); x hidden = in units of one fp32 "
         "(batch, seq, non-gated width) tensor. SwiGLU keeps its fused [gate|up] projection output and silu(gate).",
     ]

@@ -1,11 +1,20 @@
-"""Throughput of the training data pipeline (stream + shuffle + tokenize + pack) with the default BPE.
+"""The two data paths side by side in one run: streaming (stream + shuffle + tokenize + pack, on the fly) and
+pretokenized shards (``data=tokens``, memory-mapped), per process, as the trainer calls them.
 
-    python scripts/benchmark_data.py --out bench_data.json [--tokens 5000000] [--seq-len 256]
+    python scripts/benchmark_data.py --out experiments/benchmarks/<date>-data-tokens-cpu.json
+    python scripts/benchmark_data.py --out bench.json --data embedded --resume-tokens 1e6,1e7 --train-steps 0
 
-Measures the embedded corpus and, when POLYCOM_DATA_DIR is set, the Gutenberg books, each with the
-configs the trainer uses (``data=<name> tokenizer=bpe``). Reported per corpus: tokenizer build time
-(training, or loading the cache), time to the first block, steady tokens/s of ``train_blocks``,
-tokens/s when fast-forwarding (what a resume costs) and the time to build the validation blocks.
+For one corpus (``--data``; default gutenberg when POLYCOM_DATA_DIR is set, else embedded) with the default BPE:
+the tokenizer build, the pretokenization (scripts/pretokenize.py's code, ``--workers`` processes) into a temporary
+folder (or ``--tokens-dir``, kept), then for each path:
+
+- ``first_batch_s``: from creating the stream to the first ``(batch, seq_len)`` micro-batch (``batched``);
+- ``tokens_per_s``: steady micro-batches per second x tokens, over ``--stream-tokens`` / ``--memmap-tokens``;
+- ``resume_s`` at each of ``--resume-tokens`` consumed: creating the stream at that block and taking one batch
+  (what a resumed run waits before its first step);
+- with ``--train-steps N``: training tokens/s of ``model=cpu_small`` for N steps on each path, and streaming with
+  ``data.prefetch_blocks`` (the tokens/s of the last logged window: steps 2..N, without the first step's warm-up;
+  the median of ``--train-repeats`` round-robin repeats).
 """
 
 from __future__ import annotations
@@ -14,79 +23,152 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
-from itertools import islice
 from pathlib import Path
 
 import datasets
-from hydra import compose, initialize_config_dir
+import numpy as np
+import torch
 
-from polycom.data import build_tokenizer, train_blocks, validate_data_config, validation_blocks
-from polycom.train.config import register_schema
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def load_config(data: str, vocab_size: int):
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[f"data={data}", "tokenizer=bpe", f"tokenizer.vocab_size={vocab_size}"])
+from polycom.data import batched, build_tokenizer, train_blocks
+from polycom.data.token_writer import pretokenize
+from polycom.train.build import compose_config
 
 
-def measure(data: str, vocab_size: int, seq_len: int, num_tokens: int, val_tokens: int) -> dict:
-    cfg = load_config(data, vocab_size)
-    validate_data_config(cfg.data)
+def _count(text: str) -> int:
+    return int(float(text))
+
+
+def _timed(fn):
     started = time.perf_counter()
-    tokenizer = build_tokenizer(cfg.tokenizer, cfg.data)
-    tokenizer_s = time.perf_counter() - started
-    num_blocks = num_tokens // seq_len
+    value = fn()
+    return time.perf_counter() - started, value
 
-    started = time.perf_counter()
-    stream = train_blocks(cfg.data, tokenizer, seq_len, seed=0)
-    next(stream)
-    first_block_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in islice(stream, num_blocks):
-        pass
-    stream_s = time.perf_counter() - started
 
+def measure_path(data_cfg, tokenizer, seq_len: int, batch: int, tokens: int, resume_tokens: list[int]) -> dict:
+    """First batch, steady tokens/s and resume times of one data path (``data_cfg.source`` tells which)."""
+    first_batch_s, batches = _timed(lambda: _first(batched(train_blocks(data_cfg, tokenizer, seq_len, seed=0), batch)))
+    stream_batches = batches[1]
+    count = max(1, tokens // (batch * seq_len))
     started = time.perf_counter()
-    next(train_blocks(cfg.data, tokenizer, seq_len, seed=0, start_block=num_blocks))
-    skip_s = time.perf_counter() - started
+    for _ in range(count):
+        next(stream_batches)
+    steady_s = time.perf_counter() - started
+    resume = {}
+    for consumed in resume_tokens:
+        start_block = consumed // seq_len
+        resume[str(consumed)], _ = _timed(lambda: _first(batched(
+            train_blocks(data_cfg, tokenizer, seq_len, seed=0, start_block=start_block), batch)))
+    return {"first_batch_s": first_batch_s, "tokens": count * batch * seq_len, "steady_s": steady_s,
+            "tokens_per_s": count * batch * seq_len / steady_s, "resume_s": resume}
 
-    started = time.perf_counter()
-    validation_blocks(cfg.data, tokenizer, seq_len, num_blocks=val_tokens // seq_len)
-    validation_s = time.perf_counter() - started
-    return {
-        "data": data, "vocab_size": len(tokenizer), "seq_len": seq_len, "tokenizer_s": tokenizer_s,
-        "first_block_s": first_block_s, "tokens": num_blocks * seq_len, "stream_s": stream_s,
-        "tokens_per_s": num_blocks * seq_len / stream_s, "skip_tokens_per_s": num_blocks * seq_len / skip_s,
-        "epochs_started": stream.epoch + 1, "documents": stream.stats.documents,
-        "skipped_empty": stream.stats.skipped_empty, "val_tokens": val_tokens, "validation_s": validation_s,
-    }
+
+def _first(batches):
+    """The first batch and the iterator (to go on from it)."""
+    return next(batches), batches
+
+
+def measure_training(overrides: list[str], steps: int, run_dir: Path) -> dict:
+    from polycom.train.trainer import train
+
+    cfg = compose_config(["model=cpu_small", "logger=none", f"trainer.max_steps={steps}", "trainer.log_interval=" +
+                          str(max(1, steps - 1)), "eval.interval=null", "eval.val_tokens=4096",
+                          "trainer.checkpoint_interval=null", "trainer.save_hf=false", "trainer.progress_bar=false",
+                          "schedule.warmup_steps=1", *overrides])
+    summary = train(cfg, run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    window = [r for r in records if "tokens_per_s" in r][-1]  # steps 2..N (the first window holds step 1)
+    return {"steps": steps, "tokens_per_s": window["tokens_per_s"], "window_end_step": window["step"],
+            "wall_s": summary["wall_seconds"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--tokens", type=int, default=5_000_000, help="tokens to stream per corpus")
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--data", default="gutenberg" if os.environ.get("POLYCOM_DATA_DIR") else "embedded")
     parser.add_argument("--vocab-size", type=int, default=8192)
-    parser.add_argument("--val-tokens", type=int, default=65536)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16, help="sequences per micro-batch")
+    parser.add_argument("--stream-tokens", type=_count, default=5_000_000, help="tokens timed on the streaming path")
+    parser.add_argument("--memmap-tokens", type=_count, default=200_000_000, help="tokens timed on data=tokens")
+    parser.add_argument("--resume-tokens", default="1e6,1e8", help="tokens consumed before each timed resume")
+    parser.add_argument("--tokens-dir", help="pretokenized folder to reuse or write (default: a temporary one)")
+    parser.add_argument("--workers", type=int, default=0, help="pretokenization processes (0: one per core)")
+    parser.add_argument("--train-steps", type=int, default=0, help="also time N training steps of cpu_small per path")
+    parser.add_argument("--train-repeats", type=int, default=3, help="round-robin repeats of the training runs")
+    parser.add_argument("--prefetch", type=int, default=64, help="data.prefetch_blocks of the prefetching training run")
     args = parser.parse_args()
+    resume_tokens = [_count(t) for t in args.resume_tokens.split(",") if t]
+    load_before = os.getloadavg()[0]
 
-    corpora = ["embedded"] + (["gutenberg"] if os.environ.get("POLYCOM_DATA_DIR") else [])
-    results = [measure(name, args.vocab_size, args.seq_len, args.tokens, args.val_tokens) for name in corpora]
+    text_overrides = [f"data={args.data}", "tokenizer=bpe", f"tokenizer.vocab_size={args.vocab_size}"]
+    cfg = compose_config(text_overrides)
+    tokenizer_s, tokenizer = _timed(lambda: build_tokenizer(cfg.tokenizer, cfg.data))
+    folder = Path(args.tokens_dir) if args.tokens_dir else Path(tempfile.mkdtemp(prefix="polycom-bench-tokens-"))
+    try:
+        pretokenize_s, index = _timed(lambda: pretokenize(cfg, folder, workers=args.workers))
+        token_overrides = text_overrides + ["data=tokens", f"data.path={folder}"]
+        tokens_cfg = compose_config(token_overrides)
+        torch.set_num_threads(1)  # the data path's own work; a trainer's threads are busy with the model
+        paths = {
+            "streaming": measure_path(cfg.data, tokenizer, args.seq_len, args.batch, args.stream_tokens, resume_tokens),
+            "tokens": measure_path(tokens_cfg.data, tokenizer, args.seq_len, args.batch, args.memmap_tokens,
+                                   resume_tokens),
+        }
+        torch.set_num_threads(os.cpu_count() or 1)
+        training = {}
+        variants = {"tokens": token_overrides, "streaming": text_overrides,
+                    "streaming_prefetch": text_overrides + [f"data.prefetch_blocks={args.prefetch}"]}
+        if args.train_steps:  # round-robin repeats, the median of each: the machine's load drifts
+            done: dict = {name: [] for name in variants}
+            with tempfile.TemporaryDirectory() as runs:
+                for repeat in range(args.train_repeats):
+                    for name, overrides in variants.items():
+                        done[name].append(measure_training(overrides, args.train_steps, Path(runs) / f"{name}-{repeat}"))
+            training = {name: {"tokens_per_s": float(np.median([r["tokens_per_s"] for r in runs_of])), "runs": runs_of}
+                        for name, runs_of in done.items()}
+    finally:
+        if not args.tokens_dir:
+            shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"{'data':<10} {'tokenizer s':>11} {'first block s':>13} {'tokens/s':>11} {'skip tokens/s':>13} "
-          f"{'validation s':>12}")
-    for r in results:
-        print(f"{r['data']:<10} {r['tokenizer_s']:>11.1f} {r['first_block_s']:>13.2f} {r['tokens_per_s']:>11,.0f} "
-              f"{r['skip_tokens_per_s']:>13,.0f} {r['validation_s']:>12.2f}")
-    environment = {"python": platform.python_version(), "datasets": datasets.__version__, "cpus": os.cpu_count(),
+    train_tokens = index["splits"]["train"]["num_tokens"]
+    s, t = paths["streaming"], paths["tokens"]
+    rows = [("tokens/s per process", s["tokens_per_s"], t["tokens_per_s"], "{:,.0f}"),
+            ("time to first batch, s", s["first_batch_s"], t["first_batch_s"], "{:.3f}")]
+    rows += [(f"resume at {int(k):.0e} tokens consumed, s", s["resume_s"][k], t["resume_s"][k], "{:.3f}")
+             for k in s["resume_s"]]
+    if training:
+        rows += [(f"training tokens/s, cpu_small ({name})", training[name]["tokens_per_s"],
+                  training["tokens"]["tokens_per_s"], "{:,.0f}") for name in ("streaming", "streaming_prefetch")]
+    print(f"data={args.data}, BPE {len(tokenizer)}, seq_len {args.seq_len}, micro-batch {args.batch}; pretokenized "
+          f"{train_tokens:,} train tokens in {pretokenize_s:.1f} s ({train_tokens / pretokenize_s:,.0f} tokens/s)")
+    print(f"| {'':<42} | {'streaming':>12} | {'data=tokens':>12} | {'tokens / streaming':>18} |")
+    print(f"|{'-' * 44}|{'-' * 13}:|{'-' * 13}:|{'-' * 19}:|")
+    for label, a, b, fmt in rows:
+        ratio = b / a if label.startswith(("tokens/s", "training")) else a / b
+        print(f"| {label:<42} | {fmt.format(a):>12} | {fmt.format(b):>12} | {ratio:>17,.1f}x |")
+    environment = {"python": platform.python_version(), "datasets": datasets.__version__, "numpy": np.__version__,
+                   "torch": torch.__version__, "cpus": os.cpu_count(), "processor": _processor(),
+                   "load_average_before_after": [load_before, os.getloadavg()[0]],
                    "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM"), "argv": sys.argv[1:]}
-    Path(args.out).write_text(json.dumps({"environment": environment, "results": results}, indent=2))
+    result = {"environment": environment, "data": args.data, "vocab_size": len(tokenizer), "seq_len": args.seq_len,
+              "micro_batch": args.batch, "tokenizer_s": tokenizer_s, "pretokenize_s": pretokenize_s,
+              "pretokenize_tokens_per_s": train_tokens / pretokenize_s, "train_tokens": train_tokens,
+              "dtype": index["dtype"], "paths": paths, "training": training}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def _processor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

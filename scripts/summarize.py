@@ -12,7 +12,9 @@ that gap at every validation point, its interval and each seed's own gap.
 A sweep over something other than activation and seed (an lr grid) needs ``--by optim.lr``: each value
 is then summarized on its own, with a grid of validation loss by activation and value on top. Without it,
 two runs of one activation and seed are an error that names the config keys they differ in -- they would
-otherwise be averaged as if they were seeds.
+otherwise be averaged as if they were seeds -- or, when they differ in none that changes what is trained, says it
+is the same job run twice and which run is newer. Every run folder left out (unfinished, no validation loss, no
+summary) is named on stderr with the reason.
 """
 
 from __future__ import annotations

@@ -148,3 +148,69 @@ def test_an_export_whose_weights_do_not_load_is_refused_not_analysed_at_random(t
     save_file({f"_orig_mod.{k}": v for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"weights are not in its checkpoint.*_orig_mod\.model"):
         load_script("analyze").main([str(tmp_path / "run"), "--max-tokens", "64"])
+
+
+def test_a_wider_random_matrix_has_a_higher_erank_which_the_random_reference_removes():
+    """The confound the width-fair forms remove: at equal parameters the non-gated FFN is 1.5x as wide as SwiGLU's,
+    and a wider random matrix already has a higher erank; divided by the random reference both start at ~1."""
+    from polycom.eval.analysis import random_effective_rank
+
+    narrow, wide = random_effective_rank((64, 128)), random_effective_rank((64, 192))
+    assert narrow < wide < 64 and wide - narrow > 1.0
+    assert random_effective_rank((64, 128)) == narrow  # deterministic
+    generator = torch.Generator().manual_seed(5)
+    for shape, reference in (((64, 128), narrow), ((64, 192), wide)):
+        scaled = 0.02 * torch.randn(*shape, generator=generator, dtype=torch.float64)  # erank ignores the init std
+        assert effective_rank(scaled) / reference == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.slow  # trains two tiny runs
+def test_initial_model_is_the_trainers_model_before_its_first_step_bit_for_bit(tmp_path, monkeypatch):
+    """The width-fair 'change from initialisation' rebuilds a run's initial weights from its config and seed: that
+    must be exactly the model the trainer built (for a gated and a non-gated FFN), and the references follow."""
+    import polycom.train.trainer as trainer
+    from polycom.eval.analysis import initial_model, width_references
+    from test_train import TINY, compose_train
+
+    built = []
+
+    def recording_build_model(*args, **kwargs):
+        model = trainer_build_model(*args, **kwargs)
+        built.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    trainer_build_model = trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", recording_build_model)
+    for activation in ("swiglu", "polynorm"):
+        run = tmp_path / activation
+        trainer.train(compose_train(TINY + [f"activation={activation}", "seed=3", "trainer.max_steps=4"]), run)
+        rebuilt = initial_model(run).state_dict()
+        assert rebuilt.keys() == built[-1].keys()
+        assert all(torch.equal(rebuilt[k], v) for k, v in built[-1].items()), activation
+        refs = width_references(initial_model(run), initial_model(run))
+        kinds = ("gate", "up", "down") if activation == "swiglu" else ("up", "down")
+        assert all(set(row) == {f"{k}_{r}" for k in kinds for r in ("init", "random")} for row in refs)
+        # at initialisation the run's erank is a sample of the random reference
+        assert all(row[f"{k}_init"] == pytest.approx(row[f"{k}_random"], rel=0.03) for row in refs for k in kinds)
+
+    # scripts/analyze.py on the run folder writes the references; --references-only adds the same ones to an analysis
+    # whose model is gone (a committed study run); the report turns them into the width-fair metrics
+    from polycom.report.runs import analysis_metrics
+
+    analyze = load_script("analyze")
+    text = tmp_path / "valid.txt"
+    text.write_text("the cat sat on the mat and looked at the dog. " * 40)
+    full = analyze.main([str(run), "--text-file", str(text), "--seq-len", "32", "--max-tokens", "128"])
+    assert set(full["width_references"]) == {"init", "random"}
+    written = run / "analysis" / "analysis.json"
+    stripped = {**full, "erank": [{k: v for k, v in row.items() if k in ("layer", "up", "down", "up_max", "down_max")}
+                                  for row in full["erank"]]}
+    written.write_text(json.dumps(stripped))
+    for path in (run / "hf").iterdir():
+        path.unlink()
+    assert analyze.main([str(run), "--references-only"])["erank"] == full["erank"]
+    metrics = analysis_metrics(run)
+    rows = full["erank"]
+    assert metrics["analysis/erank_up_minus_init"] == pytest.approx(sum(r["up"] - r["up_init"] for r in rows) / 2)
+    assert metrics["analysis/erank_down_over_random"] == pytest.approx(
+        sum(r["down"] / r["down_random"] for r in rows) / 2)

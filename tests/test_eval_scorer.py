@@ -131,16 +131,24 @@ def test_lambada_perplexity_is_lm_eval_definition(data_dir, tiny_tokenizer):
     assert len(result["examples"]) == limit and all(e["greedy"] is False for e in result["examples"])
 
 
-def test_blimp_strict_pairs_macro_averaged_over_paradigms(data_dir, tiny_tokenizer):
-    """Uniform model: a pair is right iff the good sentence has fewer tokens (equal counts tie: wrong)."""
+def test_blimp_pairs_macro_averaged_over_paradigms_ties_half_right(data_dir, tiny_tokenizer):
+    """Uniform model: a pair is right iff the good sentence has fewer tokens. Equal counts give equal scores up to
+    float summation order: those that come out exactly equal are ties, half right and counted."""
     limit = 4
     result = evaluate_tasks(uniform_model(), tiny_tokenizer, ["blimp"], limit=limit,
                             data_dir=data_dir / "downstream", batch_size=32)["blimp"]
-    per_paradigm = {}
+    records = iter(result["examples"])
+    per_paradigm, equal_lengths = {}, 0
     for path in sorted((data_dir / "downstream" / "blimp").glob("*.jsonl")):
-        pairs = [json.loads(line) for line in open(path)][:limit]
-        per_paradigm[path.stem] = sum(len(tiny_tokenizer.encode(" " + p["sentence_good"]))
-                                      < len(tiny_tokenizer.encode(" " + p["sentence_bad"])) for p in pairs) / limit
+        right = 0.0
+        for pair in [json.loads(line) for line in open(path)][:limit]:
+            good, bad = (len(tiny_tokenizer.encode(" " + pair[k])) for k in ("sentence_good", "sentence_bad"))
+            record = next(records)
+            assert not record["tie"] or good == bad  # a tie needs equal scores: here, equal lengths
+            equal_lengths += good == bad
+            right += 0.5 if record["tie"] else float(good < bad if good != bad else record["pred"] == 0)
+        per_paradigm[path.stem] = right / limit
+    assert result["ties"] == sum(r["tie"] for r in result["examples"]) >= 0.9 * equal_lengths > 0
     assert {k: v["acc"] for k, v in result["groups"]["paradigm"].items()} == pytest.approx(per_paradigm)
     assert result["metrics"]["acc"] == pytest.approx(sum(per_paradigm.values()) / len(per_paradigm))
     assert result["n"] == 67 * limit and len(result["groups"]["phenomenon"]) == 13

@@ -290,3 +290,50 @@ def test_evaluate_script_folders(tmp_path):
         resolve_dirs(OmegaConf.merge(cfg, {"run_dir": str(tmp_path)}))
     with pytest.raises(FileNotFoundError, match="no saved model at"):
         resolve_dirs(OmegaConf.create({"run_dir": str(tmp_path), "hf_dir": None, "out_dir": None}))
+
+
+def test_a_constant_model_scores_exactly_chance_on_blimp_and_its_ties_are_counted(data_dir):
+    """A model that gives both sentences of every pair the same log-probability must score 0.5,
+    not 1.0 (lm-eval's argmax counts a tie as right) nor 0.0 (a strict > counts it wrong)."""
+    from polycom.eval.metrics import task_results
+
+    task = get_task("blimp")
+    examples = first_examples(data_dir, "blimp", 3)
+    result = task_results(task, examples, [(-42.0, False)] * (2 * len(examples)))
+    assert result["metrics"]["acc"] == 0.5 and result["ties"] == len(examples) == 67 * 3
+    assert {m["acc"] for groups in result["groups"].values() for m in groups.values()} == {0.5}
+    # one right, one wrong, two ties: half right overall, and only the ties are counted as such
+    scores = [(-1.0, False), (-2.0, False), (-2.0, False), (-1.0, False)] + [(-3.0, False)] * 4
+    mixed = task_results(task, examples[:4], scores)
+    assert mixed["ties"] == 2 and [e["tie"] for e in mixed["examples"]] == [False, False, True, True]
+    assert mixed["metrics"]["acc"] == 0.5  # paradigm 1: (1 + 0 + 0.5) / 3, paradigm 2: one tie
+
+
+def test_recounted_examples_equal_what_the_evaluation_scored_and_left_out(tmp_path, data_dir):
+    """scripts/count_eval_examples.py gives a run's per-task counts without its model: they must equal the counts
+    the evaluation itself writes (flatten_metrics), left-out examples included."""
+    from omegaconf import OmegaConf
+
+    from polycom.data import build_tokenizer
+    from polycom.eval import evaluate_tasks, flatten_metrics
+    from polycom.train.build import build_model, compose_config
+
+    cfg = compose_config(["model=tiny", "debug=smoke", "tokenizer.vocab_size=512", "trainer.seq_len=32",
+                          "eval.downstream=[piqa,arc_easy]", "eval.downstream_limit=30",
+                          f"eval.data_dir={data_dir}/downstream"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run / "summary.json").write_text(json.dumps({"activation": "gelu", "piqa/acc": 0.5}))
+    counts = load_script("count_eval_examples").main([str(run), "--write"])[str(run)]
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.data)
+    results = evaluate_tasks(build_model(cfg, tokenizer), tokenizer, ["piqa", "arc_easy"], limit=30,
+                             data_dir=data_dir / "downstream")
+    flat = flatten_metrics(results)
+    assert counts == {k: flat[k] for k in counts} and set(counts) == {
+        f"{t}/{c}" for t in ("piqa", "arc_easy") for c in ("n", "too_long", "skipped")}
+    assert flat["piqa/too_long"] > 0 and flat["piqa/n"] + flat["piqa/too_long"] == 30  # a 32-token window
+    assert json.loads((run / "summary.json").read_text()) == {"activation": "gelu", "piqa/acc": 0.5, **counts}
+    (run / "summary.json").write_text(json.dumps({"piqa/too_long": flat["piqa/too_long"] + 1}))
+    with pytest.raises(SystemExit, match="already holds other counts"):
+        load_script("count_eval_examples").main([str(run), "--write"])

@@ -45,6 +45,13 @@ def reference_activation(name: str, h: torch.Tensor, act: torch.nn.Module) -> to
     if name == "swiglu":
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
+    if name == "gated_polynorm":
+        gate, up = h.chunk(2, dim=-1)
+        return polynorm_reference(gate, act.weight, act.bias, act.eps) * up
+    if name == "pnglu":
+        gate, up = h.chunk(2, dim=-1)
+        norm = [gate**k * torch.rsqrt((gate**k).pow(2).mean(-1, keepdim=True) + act.eps) for k in (1, 2, 3)]
+        return sum(act.weight[act.order - k].abs() * norm[k - 1] for k in range(1, act.order + 1)) * up
     if name == "polynorm":
         return polynorm_reference(h, act.weight, act.bias, act.eps)
     if name == "polyrelu":
@@ -410,3 +417,44 @@ def test_benchmark_naive_moe_equals_the_layer():
     torch.testing.assert_close(naive, out.hidden_states)
     torch.testing.assert_close(lb, out.load_balance_loss)
     torch.testing.assert_close(z, out.router_z_loss)
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch has no grouped_mm")
+def test_grouped_mm_custom_op_equals_aten_with_an_empty_expert():
+    """``polycom::grouped_mm`` (what a compiled fp32 MoE calls) computes what ``aten._grouped_mm`` does, and so do
+    its two backward modes, also for an expert that receives no token."""
+    from polycom.model.moe import _grouped_mm_op
+
+    torch.manual_seed(6)
+    x, w = torch.randn(10, 16, requires_grad=True), torch.randn(3, 16, 8, requires_grad=True)
+    offsets = torch.tensor([3, 3, 10], dtype=torch.int32)
+    grad = torch.randn(10, 8)
+    want = torch._grouped_mm(x, w, offs=offsets)
+    got = _grouped_mm_op(x, w, offsets, "forward")
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got, (x, w), grad), torch.autograd.grad(want, (x, w), grad)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch has no grouped_mm")
+def test_fp32_moe_compiles_in_one_graph():
+    """torch 2.13's fake-tensor rule for grouped_mm accepts only bf16, so Dynamo failed on every fp32 MoE; the
+    layer now traces in one graph (forward and backward, through ``polycom::grouped_mm``) and matches eager.
+    ``aot_eager`` runs the same tracing as Inductor (where the failure was) without its code generation."""
+    torch._dynamo.reset()
+    torch.manual_seed(7)
+    moe = MoEFeedForward(moe_config("polynorm", num_experts=4, num_experts_per_tok=2)).train()
+    randomize_coefficients(moe)
+    x = torch.randn(2, 8, 16)
+
+    def run(layer):
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        loss = out.hidden_states.square().sum() + out.load_balance_loss + out.router_z_loss
+        return [out.hidden_states, *torch.autograd.grad(loss, [xi, *moe.parameters()])]
+
+    want = run(moe)
+    got = run(torch.compile(moe, fullgraph=True, backend="aot_eager"))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from polycom.report.plots import headline_metrics
 from polycom.report.runs import load_runs
 from polycom.report.stats import aggregate, paired_difference
 from polycom.report.tables import lower_is_better, markdown, summary_rows
@@ -88,14 +89,32 @@ def test_significance_marks_follow_each_metrics_direction():
     assert "1.117e+07 ± 1.258e+06 [" in text  # a tiny model's perplexities stay readable
     cells = {line.split(" | ")[0][2:]: line.rstrip(" |") for line in text.split("Paired difference")[1].splitlines()
              if line.startswith("| ") and not line.startswith("| metric")}
-    marks = {m: cell[len(cell.rstrip("*†‡")):] for m, cell in cells.items()}
-    assert marks == {"val_loss": "*‡", "val_ppl": "", "lambada/perplexity": "*‡", "arc_easy/acc": "*"}
-    # three tests (val_ppl is constant): Bonferroni's threshold is 0.05 / 3, which arc_easy's p = 0.028 misses
-    assert "p < 0.017 (`‡`: passes it)" in text and "p=0.028*" in cells["arc_easy/acc"]
+    marks = {m.split(" (")[0]: cell.split(" p=")[1].split(" ")[0].lstrip("0123456789.e-–")
+             for m, cell in cells.items()}
+    assert marks == {"val_loss": "*", "val_ppl": "", "lambada/perplexity": "*", "arc_easy/acc": "*"}
+    # three tests (val_ppl is constant). Holm: the smallest p (val_loss) x 3, the next (lambada) x 2, arc_easy's
+    # p = 0.028 x 1: all three survive, though arc_easy misses Bonferroni's 0.05 / 3
+    by_metric = {r["metric"]: r for r in summary_rows(rows, "swiglu") if r["activation"] == "polynorm"}
+    p_loss, p_ppl, p_arc = (by_metric[m]["p_value"] for m in ("val_loss", "lambada/perplexity", "arc_easy/acc"))
+    assert p_loss < p_ppl < p_arc == pytest.approx(0.0276, abs=1e-4)
+    assert [by_metric[m]["p_holm"] for m in ("val_loss", "lambada/perplexity", "arc_easy/acc")] == pytest.approx(
+        [3 * p_loss, 2 * p_ppl, p_arc])
+    assert "p=0.028* (Holm 0.028: higher)" in cells["arc_easy/acc (chance 0.25)"]
+    assert "(Holm 0.00047: lower)" in cells["val_loss"] and "Holm" not in cells["val_ppl"]
+    assert "3 of 3 survive (Bonferroni's threshold, the strictest step of Holm's, is p < 0.017)" in text
     flipped = [{**r, "activation": {"polynorm": "swiglu", "swiglu": "polynorm"}[r["activation"]]} for r in rows]
     text = markdown(summary_rows(flipped, "swiglu"), "swiglu")
     assert "p=0.0" in text and "*" not in text.split("Paired difference")[1].split("`*`")[0]
     assert lower_is_better("wikitext/word_perplexity") and not lower_is_better("blimp/acc")
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    from polycom.report.stats import holm
+
+    adjusted = holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 of m = 4 tests: x4, x3, x2 (0.08 < 0.09, so 0.09 holds), x1
+    assert adjusted[:3] + adjusted[4:] == pytest.approx([0.04, 0.09, 0.09, 0.5]) and math.isnan(adjusted[3])
+    assert holm([0.3, 0.02]) == pytest.approx([0.3, 0.04]) and holm([0.9, 0.8]) == [1.0, 1.0] and holm([]) == []
 
 
 def test_plot_writes_pngs(sweep, tmp_path):
@@ -142,7 +161,7 @@ def test_the_analyses_of_a_run_become_its_analysis_metrics(sweep, tmp_path):
     assert rows[("polynorm", 0)]["analysis/similarity_off_diagonal"] == 0.25
     assert rows[("polynorm", 0)]["analysis/similarity_adjacent"] == pytest.approx(0.6)
     assert "analysis/erank_up" not in rows[("polynorm", 1)]
-    assert "analysis/erank_up" not in plot.headline_metrics(list(rows.values()))
+    assert "analysis/erank_up" not in headline_metrics(list(rows.values()))
 
 
 @pytest.fixture
@@ -215,6 +234,10 @@ def test_gap_curves_pair_seeds_at_each_point_and_find_the_largest_gap(tmp_path):
     assert curve_gelu.gaps[0].n == 1 and math.isnan(curve_gelu.gaps[0].ci95_low)
     table = gap_markdown([curve_pn], "swiglu")
     assert "| polynorm | 2 | 200 | -0.4000 |" in table and "| 0.2500 |" in table  # final / largest = 0.1 / 0.4
+    # pointwise p (t = -4, -3, -2 with 1 degree of freedom: p = 1 - 2 atan|t| / pi) and Holm's over the 3 points
+    p_200, p_100, p_300 = (1 - 2 * math.atan(t) / math.pi for t in (4, 3, 2))
+    assert f"| {p_200:.2g} ({3 * p_200:.2g}) |" in table and f"| {p_300:.2g} ({3 * p_200:.2g}) |" in table
+    assert "Holm's adjusted p over the 3 paired tests" in table
 
 
 def test_plot_and_summary_include_the_gap_curves(tmp_path):
@@ -279,11 +302,57 @@ def test_per_group_results_get_their_own_tables_and_plots_up_to_twenty_groups(tm
     summarize.main([str(root), "--out-dir", str(out)])
     text = (out / "summary.md").read_text()
     headline, groups = text.split("### blimp by phenomenon (2 groups)")
-    assert "| blimp/acc |" in headline and "phenomenon" not in headline and "paradigm" not in text
-    assert "| blimp/phenomenon/island_effects/acc | 0.5500 ± 0.0000" in groups
-    assert "of the 2 tests in this table about 0.1 would reach p < 0.05" in groups
-    assert "of the 3 tests in this table" in headline  # val_loss, val_ppl, blimp/acc (arc_easy/acc has no variance)
+    assert "| blimp/acc (chance 0.5) |" in headline and "phenomenon" not in headline and "paradigm" not in text
+    assert "| blimp/phenomenon/island_effects/acc (chance 0.5) | 0.5500 ± 0.0000" in groups
+    assert "2 tests, of which about 0.1 would reach p < 0.05" in groups  # each breakdown is its own family
+    # val_loss, val_ppl, blimp/acc and the mean of the two tasks (arc_easy/acc has no variance)
+    assert "4 tests, of which" in headline and "`tasks_mean/acc`: per run, the mean of" in headline
     metrics = {r["metric"] for r in csv.DictReader(open(out / "summary.csv"))}
     assert "blimp/paradigm/p20/acc" in metrics and "blimp/phenomenon/quantifiers/acc" in metrics
     plot.main([str(root), "--out-dir", str(out)])
     assert (out / "blimp_phenomenon.png").stat().st_size > 1000 and not (out / "blimp_paradigm.png").exists()
+
+
+def test_plots_show_the_whole_run_chance_lines_and_intervals_at_a_legible_size(tmp_path, monkeypatch):
+    """val_loss.png starts at the first validation point (an early lead must not be cut off), bar plots carry each
+    task's chance line and 95% intervals and show one headline metric per task, and every figure is at most 1,600 px
+    wide at its dpi with no text under 9 pt, even for 13 groups x 6 activations (BLiMP's phenomena)."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.text import Text
+
+    from polycom.report import plots
+
+    root = tmp_path / "runs"
+    phenomena = [f"phenomenon_{i:02d}" for i in range(13)]
+    for seed in range(3):
+        for i, act in enumerate(("relu", "gelu", "swiglu", "relu2", "polyrelu", "polynorm")):
+            run = root / f"{act}-s{seed}"
+            write_curve_run(root, act, seed, [6.0 - i / 10 + k / 5 - seed / 50 for k in range(0, -12, -1)])
+            summary = json.loads((run / "summary.json").read_text())
+            summary.update({"arc_easy/acc": 0.25 + i / 100 + seed / 200, "arc_easy/acc_norm": 0.3,
+                            "piqa/acc": 0.52, "piqa/acc_norm": 0.5 + seed / 100, "piqa/n": 1834, "piqa/too_long": 4,
+                            **{f"blimp/phenomenon/{p}/acc": 0.5 + j / 50 + seed / 100
+                               for j, p in enumerate(phenomena)}})
+            (run / "summary.json").write_text(json.dumps(summary))
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    plot.main([str(root), "--out-dir", str(tmp_path / "out")])
+    assert [p.name for p in sorted((tmp_path / "out").glob("*.png"))] == [
+        "blimp_phenomenon.png", "downstream.png", "val_loss.png", "val_loss_gap.png"]
+    for fig in figures:
+        assert fig.get_size_inches()[0] * plots.DPI <= 1600
+        sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+        assert min(sizes) >= 9, fig.axes[0].get_title()
+    val_loss, _, downstream, phenomenon = figures
+    whole_run = val_loss.axes[0]
+    assert min(min(line.get_xdata()) for line in whole_run.get_lines()) == 100  # the first point, not cut off
+    assert len(val_loss.axes) == 2 and min(val_loss.axes[1].get_lines()[0].get_xdata()) >= 600  # the zoomed half
+    ax = downstream.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["arc_easy/acc", "piqa/acc_norm"]  # headlines only
+    chance_lines = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_label() == "chance"]
+    assert [tuple(seg[0][1] for seg in c.get_segments()) for c in chance_lines] == [(0.25,)]
+    assert sorted(seg[0][1] for c in ax.collections if isinstance(c, LineCollection)
+                  for seg in c.get_segments() if c.get_linestyle()[0][1]) == [0.25, 0.5]
+    error_bars = [c for c in ax.collections if isinstance(c, LineCollection) and not c.get_linestyle()[0][1]]
+    assert error_bars  # 95% intervals drawn
+    assert len(phenomenon.axes[0].get_xticklabels()) == 13

@@ -4,7 +4,8 @@
 # continues from its newest checkpoint (trainer.resume=auto).
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh grid     # 1. lr grid, 19 runs of 1M tokens
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh runs     # 2. 6 activations x 3 seeds, ~16M tokens
-#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. analyses, tables, plots
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh report   # 3. every table and plot the README cites
+#   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh backfill # what runs trained before 2026-12-07 lack
 #   bash experiments/2026-12-05-babylm-scale-dense-cpu/run.sh status   # which runs are done
 set -euo pipefail
 export POLYCOM_DATA_DIR="${POLYCOM_DATA_DIR:-$(cd .. && pwd)/shared/data}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -66,9 +67,18 @@ status() {  # which of the 18 runs are collected, which one has checkpoints to r
   done
 }
 
-report() {
-  $py scripts/summarize.py $study/runs --out-dir $study
-  $py scripts/plot.py $study/runs --out-dir $study
+# Runs trained before 2026-12-07 lack the width references (analysis.json) and the per-task counts (summary.json):
+# add them from each run's config and seed, no model weights needed (idempotent).
+backfill() {
+  for run in $study/runs/*/; do $py scripts/analyze.py "$run" --references-only; done
+  $py scripts/count_eval_examples.py $study/runs/*/ --write
 }
 
-"${1:?usage: run.sh grid|runs|report|status}"
+report() {  # the grid's tables and plot too: the README cites both
+  $py scripts/summarize.py $study/runs --out-dir $study
+  $py scripts/plot.py $study/runs --out-dir $study
+  $py scripts/summarize.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
+  $py scripts/plot.py $study/lr-grid/runs --out-dir $study/lr-grid --by optim.lr
+}
+
+"${1:?usage: run.sh grid|runs|report|backfill|status}"

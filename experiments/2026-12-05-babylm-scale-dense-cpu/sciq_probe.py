@@ -29,7 +29,7 @@ def answer_statistics(examples, tokenizer) -> str:
     """Gold answers vs distractors: mean length in characters and tokens, how often the gold answer is the
     longest / shortest of the choices, and how often each occurs in the support passage."""
     chars, tokens, in_support = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}
-    longest = shortest = 0
+    longest = shortest = any_distractor = 0
     for example in examples:
         context = example.requests[0].context
         support = context[:context.rindex("Question:")].lower()
@@ -42,11 +42,13 @@ def answer_statistics(examples, tokenizer) -> str:
             chars[gold].append(len(answer))
             tokens[gold].append(len(tokenizer(" " + answer)["input_ids"]))
             in_support[gold].append(answer.lower() in support)
+        any_distractor += any(a.lower() in support for i, a in enumerate(example.answers) if i != example.gold)
     n, others = len(examples), len(examples[0].answers) - 1
     return (f"{n} questions: gold answers {np.mean(chars[True]):.1f} characters and {np.mean(tokens[True]):.2f} "
             f"tokens, distractors {np.mean(chars[False]):.1f} and {np.mean(tokens[False]):.2f}; gold the strictly "
             f"longest choice in {longest}, the shortest in {shortest}; in the support passage: gold "
-            f"{sum(in_support[True])}, a distractor {sum(in_support[False]) / others:.0f} (mean of the {others})")
+            f"{sum(in_support[True])}, each distractor {sum(in_support[False]) / others:.0f} on average over the "
+            f"{others}, some distractor {any_distractor}")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from glob import glob
 from typing import List, Optional
 
-SOURCES = ("embedded", "local", "hub")
+SOURCES = ("embedded", "local", "hub", "tokens")
 FORMATS = ("auto", "json", "text", "parquet")
 SAMPLE_BY = ("document", "paragraph", "line")
 BAD_ROWS = ("error", "skip")
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    source: str = "embedded"  # embedded | local | hub
+    source: str = "embedded"  # embedded | local | hub | tokens (pretokenized: data.path)
     name: Optional[str] = None  # Hub dataset name (source=hub)
     config_name: Optional[str] = None  # Hub dataset configuration, e.g. "sample-10BT"
     train_split: str = "train"
@@ -54,6 +54,13 @@ class DataConfig:
     # naming the file and line (local files are pre-scanned; Hub rows raise when they arrive); "skip" skips
     # them and counts them (PipelineStats.skipped_malformed), warning once per file.
     bad_rows: str = "error"
+    # source=tokens: the folder scripts/pretokenize.py wrote (token shards, index, tokenizer); polycom/data/tokens.py
+    path: Optional[str] = None
+    # attention within documents only (each ends with EOS) in the packed blocks, any source; off as in the paper
+    document_mask: bool = False
+    # streaming sources: blocks made this far ahead of the step by a background thread (polycom/data/prefetch.py);
+    # the same blocks as without. 0: off
+    prefetch_blocks: int = 0
 
 
 @dataclass
@@ -99,14 +106,17 @@ def _starts_with_null(pattern: str) -> bool:
     return pattern.split("/", 1)[0] in ("None", "null")
 
 
-def validate_data_config(cfg) -> None:
-    """Raise ``ValueError`` naming the config key for any problem found before a model is built."""
+def validate_data_config(cfg, tokenizer_cfg=None) -> None:
+    """Raise ``ValueError`` naming the config key for any problem found before a model is built. With
+    ``tokenizer_cfg``, a pretokenized folder (source=tokens) must have been written with that tokenizer."""
     if cfg.source not in SOURCES:
         raise ValueError(f"data.source={cfg.source!r} is not one of {', '.join(SOURCES)}")
     if not 0.0 <= cfg.validation_fraction < 1.0:
         raise ValueError(f"data.validation_fraction={cfg.validation_fraction} must be in [0, 1)")
     if cfg.shuffle_buffer < 1:
         raise ValueError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1")
+    if cfg.prefetch_blocks < 0:
+        raise ValueError(f"data.prefetch_blocks={cfg.prefetch_blocks} must be >= 0 (0: no prefetching)")
     if cfg.tokenize_batch_size < 1:
         raise ValueError(f"data.tokenize_batch_size={cfg.tokenize_batch_size} must be >= 1")
     if cfg.max_document_chars is not None and cfg.max_document_chars < 1:
@@ -121,6 +131,10 @@ def validate_data_config(cfg) -> None:
         _check_one_validation_source(cfg, "validation_split", cfg.validation_split)
     if cfg.source == "local":
         _validate_local(cfg)
+    if cfg.source == "tokens":
+        from polycom.data.tokens import check_token_folder
+
+        check_token_folder(cfg, tokenizer_cfg)
 
 
 def _check_one_validation_source(cfg, key: str, value) -> None:

@@ -3,6 +3,7 @@ concatenation into fixed-length blocks (no padding; a long document continues in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterable, Iterator, List, Optional
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from polycom.data.sources import require_text, text_stream, train_stream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,19 +33,25 @@ def tokenize_stream(ds: datasets.IterableDataset, tokenizer, data_cfg) -> datase
     """Replace ``text`` by ``input_ids`` (the document's tokens then EOS). Empty or whitespace-only
     documents get no tokens at all (``[]``) and, with ``data.bad_rows=skip``, malformed rows (text not a
     str) get ``None``, so the consumer can skip and count them; with ``error`` those raise ``TypeError``."""
-    eos = tokenizer.eos_token_id
 
     def encode(batch: dict) -> dict:
-        texts = [require_text(text, data_cfg.text_field, data_cfg.bad_rows) for text in batch["text"]]
-        kept = [i for i, text in enumerate(texts) if text is not None and text.strip()]
-        encoded = tokenizer([texts[i] for i in kept], add_special_tokens=False, return_attention_mask=False,
-                            verbose=False)["input_ids"] if kept else []
-        input_ids: List[Optional[List[int]]] = [None if text is None else [] for text in texts]
-        for i, ids in zip(kept, encoded):
-            input_ids[i] = ids + [eos]
-        return {"input_ids": input_ids}
+        return {"input_ids": encode_documents(batch["text"], tokenizer, data_cfg.text_field, data_cfg.bad_rows)}
 
     return ds.map(encode, batched=True, batch_size=data_cfg.tokenize_batch_size, remove_columns=["text"])
+
+
+def encode_documents(values: List, tokenizer, text_field: str, bad_rows: str) -> List[Optional[List[int]]]:
+    """Each document's tokens then EOS; ``[]`` for an empty or whitespace-only one, ``None`` for a malformed row
+    (``bad_rows="skip"``). How every path (streaming, ``scripts/pretokenize.py``) tokenizes a document."""
+    texts = [require_text(text, text_field, bad_rows) for text in values]
+    kept = [i for i, text in enumerate(texts) if text is not None and text.strip()]
+    encoded = tokenizer([texts[i] for i in kept], add_special_tokens=False, return_attention_mask=False,
+                        verbose=False)["input_ids"] if kept else []
+    input_ids: List[Optional[List[int]]] = [None if text is None else [] for text in texts]
+    eos = tokenizer.eos_token_id
+    for i, ids in zip(kept, encoded):
+        input_ids[i] = ids + [eos]
+    return input_ids
 
 
 def pack(token_lists: Iterable[List[int]], seq_len: int) -> Iterator[np.ndarray]:
@@ -72,16 +81,19 @@ class BlockStream:
             raise ValueError(f"start_block={start_block} must be >= 0")
         self.stats = PipelineStats()
         self.epoch = 0  # the epoch documents are currently read from
+        self.first_epoch_tokens: Optional[int] = None  # tokens of one pass, known once the data ran out
         self.blocks_emitted = start_block
         self._rank, self._world_size = rank, world_size
         self._dataset = tokenize_stream(train_stream(data_cfg, seed, rank, world_size), tokenizer, data_cfg)
         self._blocks = pack(self._documents(), seq_len)
-        self._to_skip = start_block
+        self._to_skip, self._seq_len = start_block, seq_len
 
     def __iter__(self) -> "BlockStream":
         return self
 
     def __next__(self) -> torch.Tensor:
+        if self._to_skip:
+            _log_fast_forward(self._to_skip, self._seq_len, self._rank)
         for _ in range(self._to_skip):
             next(self._blocks)
         self._to_skip = 0
@@ -99,13 +111,39 @@ class BlockStream:
                                  "document (data.train_files / data.name / data.text_field); so far "
                                  f"{self.stats.skipped_empty} empty documents and {self.stats.skipped_malformed} "
                                  "malformed rows were skipped")
+            if self.first_epoch_tokens is None:
+                self.first_epoch_tokens = self.stats.tokens
             self.epoch += 1
 
 
 def train_blocks(data_cfg, tokenizer, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
                  start_block: int = 0) -> BlockStream:
-    """The training stream: shard by rank, shuffle by ``seed``, tokenize, pack; infinite and resumable."""
-    return BlockStream(data_cfg, tokenizer, seq_len, seed, rank, world_size, start_block)
+    """The training stream: shard by rank, shuffle by ``seed``, tokenize, pack; infinite and resumable.
+    ``data.source=tokens``: blocks of pretokenized shards in a seeded global order (``polycom.data.tokens``)."""
+    if data_cfg.source == "tokens":
+        from polycom.data.tokens import token_train_blocks
+
+        return token_train_blocks(data_cfg, seq_len, seed, rank, world_size, start_block)
+    stream = BlockStream(data_cfg, tokenizer, seq_len, seed, rank, world_size, start_block)
+    depth = getattr(data_cfg, "prefetch_blocks", 0)
+    if not depth:
+        return stream
+    from polycom.data.prefetch import Prefetched
+
+    return Prefetched(stream, depth)
+
+
+STREAMING_TOKENS_PER_S = 450_000  # one process re-tokenizing Gutenberg or the embedded corpus (scripts/benchmark_data.py)
+
+
+def _log_fast_forward(blocks: int, seq_len: int, rank: int) -> None:
+    """One line before a streaming resume re-reads what this process already trained on."""
+    if rank == 0:
+        tokens = blocks * seq_len
+        log.info("streaming data: resuming at block %s re-reads and re-tokenizes the %s tokens this process already "
+                 "trained on (the shuffle buffer and packing state are not saved): about %.0f s at ~%s tokens/s. "
+                 "Pretokenized data (scripts/pretokenize.py, data=tokens) resumes by a seek", f"{blocks:,}",
+                 f"{tokens:,}", tokens / STREAMING_TOKENS_PER_S, f"{STREAMING_TOKENS_PER_S:,}")
 
 
 def validation_blocks(data_cfg, tokenizer, seq_len: int, num_blocks: int) -> torch.Tensor:
@@ -113,14 +151,34 @@ def validation_blocks(data_cfg, tokenizer, seq_len: int, num_blocks: int) -> tor
     every run and world size. Shape ``(num_blocks, seq_len)``."""
     if num_blocks < 1:
         raise ValueError(f"eval.val_tokens: {num_blocks} validation blocks asked for; at least one is needed")
+    if data_cfg.source == "tokens":
+        from polycom.data.tokens import token_validation_blocks
+
+        return token_validation_blocks(data_cfg, seq_len, num_blocks)
     tokenized = tokenize_stream(text_stream(data_cfg, "validation"), tokenizer, data_cfg)
-    documents = _nonempty_documents(tokenized, PipelineStats())
-    blocks = list(islice(pack(documents, seq_len), num_blocks))
+    stats = PipelineStats()
+    blocks = list(islice(pack(_nonempty_documents(tokenized, stats), seq_len), num_blocks))
+    if stats.skipped_malformed:
+        log.warning("validation data: skipped %d malformed rows (data.bad_rows=skip)", stats.skipped_malformed)
     if len(blocks) < num_blocks:
         raise ValueError(f"eval.val_tokens: the validation data holds only {len(blocks)} blocks of {seq_len} "
-                         f"tokens ({len(blocks) * seq_len} tokens), but {num_blocks} blocks "
-                         f"({num_blocks * seq_len} tokens) were asked for; lower eval.val_tokens")
+                         f"tokens ({stats.tokens} tokens), but {num_blocks} blocks ({num_blocks * seq_len} tokens) "
+                         f"were asked for; {_more_validation_data(data_cfg, len(blocks), seq_len)}")
     return torch.from_numpy(np.stack(blocks))
+
+
+def _more_validation_data(data_cfg, available: int, seq_len: int) -> str:
+    """What fixes a validation split smaller than ``eval.val_tokens`` (which cannot go below one block)."""
+    if data_cfg.source == "local":
+        more = "more text in data.validation_files" if data_cfg.validation_files else "a larger data.validation_fraction"
+    elif data_cfg.source == "hub":
+        more = "a larger data.validation_split" if data_cfg.validation_split else "a larger data.validation_fraction"
+    else:
+        more = None
+    either = f"{more}, or " if more else ""
+    if available == 0:
+        return f"it holds less than one block: give {either}a smaller trainer.seq_len"
+    return f"set eval.val_tokens={available * seq_len} (or less){', or give ' + more if more else ''}"
 
 
 def batched(block_iter: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:

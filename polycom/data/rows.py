@@ -25,6 +25,7 @@ import gzip
 import io
 import json
 import lzma
+import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Union
@@ -32,6 +33,7 @@ from typing import BinaryIO, Iterator, Union
 BOM = b"\xef\xbb\xbf"
 TEXT_CHUNK_CHARS = 10 << 20  # as the datasets text builder: paragraphs are split chunk by chunk
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of an undecodable byte
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,43 @@ def _record_text(path: str, where: str, record, field: str) -> Row:
 def _json_type(value) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def splittable_by_bytes(path: str) -> bool:
+    """Whether a json file can be read in byte ranges (:func:`json_line_range`): JSON Lines, not compressed, not
+    one JSON array."""
+    if path.endswith(_COMPRESSED):
+        return False
+    with open(path, "rb") as f:
+        return not f.read(len(BOM) + 1).removeprefix(BOM).startswith(b"[")
+
+
+def json_line_range(path: str, field: str, piece: int, pieces: int) -> Iterator[Row]:
+    """The rows of the ``piece``-th of ``pieces`` equal byte ranges of a JSON Lines file: the lines whose first byte
+    lies in the range. The pieces together give the rows of :func:`read_rows`, in order, each once; a process reads
+    only its range (the ranks of a run with fewer files than processes)."""
+    size = os.path.getsize(path)
+    start, end = size * piece // pieces, size * (piece + 1) // pieces
+    with open(path, "rb") as f:
+        if start:
+            f.seek(start - 1)
+            f.readline()  # the line holding byte start - 1 belongs to an earlier piece
+        position = f.tell()
+        while position < end:
+            raw = f.readline()
+            if not raw:
+                break
+            line = raw[len(BOM):] if position == 0 and raw.startswith(BOM) else raw
+            if line.strip():
+                row = _json_line(path, 0, line, field)
+                # the line number only for a bad row: count the lines before it then (rare)
+                yield _json_line(path, _line_number(path, position), line, field) if isinstance(row, BadRow) else row
+            position += len(raw)
+
+
+def _line_number(path: str, position: int) -> int:
+    with open(path, "rb") as f:
+        return f.read(position).count(b"\n") + 1
 
 
 # ------------------------------------------------------------------------------------------------ text

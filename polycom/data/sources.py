@@ -26,7 +26,7 @@ from datasets.distributed import split_dataset_by_node
 
 from polycom.data.config import builder_for, expand_files
 from polycom.data.embedded import embedded_corpus
-from polycom.data.rows import BadRow, read_rows
+from polycom.data.rows import BadRow, json_line_range, read_rows, splittable_by_bytes
 
 SPLITS = ("train", "validation")
 _FEATURES = datasets.Features({"text": datasets.Value("string")})
@@ -39,8 +39,9 @@ class BadRowError(ValueError, TypeError):
     non-string text value always was."""
 
 
-def text_stream(cfg, split: str) -> datasets.IterableDataset:
+def text_stream(cfg, split: str, pieces_per_file: int = 1) -> datasets.IterableDataset:
     """The ``train`` or ``validation`` documents of ``cfg`` (a ``DataConfig``), in source order.
+    ``pieces_per_file > 1``: local JSON Lines files are read as that many byte ranges, one shard each.
 
     Without a validation split (hub) or validation files (local), ``validation`` is the fraction
     ``cfg.validation_fraction`` of the training documents chosen by ``is_held_out`` and ``train`` is the
@@ -51,7 +52,7 @@ def text_stream(cfg, split: str) -> datasets.IterableDataset:
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    ds = _documents(cfg, split)
+    ds = _documents(cfg, split, pieces_per_file)
     if cfg.max_document_chars is None:
         return ds
     limit = cfg.max_document_chars
@@ -104,12 +105,12 @@ def split_document(text, max_chars: int) -> List:
     return pieces
 
 
-def _documents(cfg, split: str) -> datasets.IterableDataset:
+def _documents(cfg, split: str, pieces_per_file: int = 1) -> datasets.IterableDataset:
     if cfg.source == "embedded":
         return embedded_corpus(split)
     if split == "validation" and _has_validation_data(cfg):
-        return _load_split(cfg, "validation")
-    train = _load_split(cfg, "train")
+        return _load_split(cfg, "validation", pieces_per_file)
+    train = _load_split(cfg, "train", pieces_per_file)
     if _has_validation_data(cfg) or cfg.validation_fraction == 0:
         if split == "validation":
             raise ValueError("data.validation_split/validation_files/validation_fraction: no validation data")
@@ -160,7 +161,7 @@ def _has_validation_data(cfg) -> bool:
     return bool(cfg.validation_split) if cfg.source == "hub" else bool(cfg.validation_files)
 
 
-def _load_split(cfg, split: str) -> datasets.IterableDataset:
+def _load_split(cfg, split: str, pieces_per_file: int = 1) -> datasets.IterableDataset:
     if cfg.source == "hub":
         hub_split = cfg.train_split if split == "train" else cfg.validation_split
         arguments, field = {"path": cfg.name, "name": cfg.config_name, "split": hub_split}, cfg.text_field
@@ -169,26 +170,34 @@ def _load_split(cfg, split: str) -> datasets.IterableDataset:
         files = expand_files(getattr(cfg, key), f"data.{key}")
         builder = builder_for(files[0], cfg.format)
         if builder != "parquet":
-            return local_rows(files, builder, cfg, f"data.{key}")
+            return local_rows(files, builder, cfg, f"data.{key}", pieces_per_file)
         arguments, field = local_arguments(builder, files), cfg.text_field
     else:
         raise ValueError(f"data.source={cfg.source!r} is not one of embedded, local, hub")
     return _only_text(load_streaming(arguments), field)
 
 
-def local_rows(files: List[str], builder: str, cfg, key: str) -> datasets.IterableDataset:
-    """The rows of local json/jsonl or txt ``files`` (one shard each) as a stream with a ``text`` column."""
+def local_rows(files: List[str], builder: str, cfg, key: str, pieces_per_file: int = 1) -> datasets.IterableDataset:
+    """The rows of local json/jsonl or txt ``files`` (one shard each) as a stream with a ``text`` column; with
+    ``pieces_per_file > 1`` the JSON Lines files are split into that many byte ranges, one shard each (in order)."""
+    pieces = [(path, 0, 1) for path in files]
+    if pieces_per_file > 1 and builder == "json":
+        pieces = [(path, i, pieces_per_file) if splittable_by_bytes(path) else (path, 0, 1 if i == 0 else 0)
+                  for path in files for i in range(pieces_per_file)]
     return datasets.IterableDataset.from_generator(
         _generate_rows, features=_FEATURES,
-        gen_kwargs={"files": list(files), "builder": builder, "field": cfg.text_field, "sample_by": cfg.sample_by,
+        gen_kwargs={"pieces": pieces, "builder": builder, "field": cfg.text_field, "sample_by": cfg.sample_by,
                     "bad_rows": cfg.bad_rows, "key": key})
 
 
-def _generate_rows(files: List[str], builder: str, field: str, sample_by: str, bad_rows: str,
+def _generate_rows(pieces: List[tuple], builder: str, field: str, sample_by: str, bad_rows: str,
                    key: str) -> Iterator[dict]:
-    for path in files:
+    for path, piece, count in pieces:
         warned = False
-        for row in read_rows(path, builder, field, sample_by):
+        if count == 0:  # a file that cannot be split: read whole by its first piece
+            continue
+        rows = read_rows(path, builder, field, sample_by) if count == 1 else json_line_range(path, field, piece, count)
+        for row in rows:
             if not isinstance(row, BadRow):
                 yield {"text": row}
                 continue
@@ -218,13 +227,43 @@ def _only_text(ds: datasets.IterableDataset, field: str) -> datasets.IterableDat
 
 
 def train_stream(cfg, seed: int, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
-    """The training documents of one rank, in a seeded shuffle order (``set_epoch`` reshuffles).
-
-    ``split_dataset_by_node`` gives each rank whole shards (files) when their number is a multiple of
-    ``world_size``, else every ``world_size``-th document; either way the ranks' documents are disjoint
-    and together form the whole stream.
-    """
+    """The training documents of one rank, in a seeded shuffle order (``set_epoch`` reshuffles). The ranks'
+    documents are disjoint and together form the whole stream (``rank_part``)."""
     ds = text_stream(cfg, "train")
     if world_size > 1:
-        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+        ds = rank_part(cfg, ds, rank, world_size)
     return ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+
+
+def rank_part(cfg, ds: datasets.IterableDataset, rank: int, world_size: int) -> datasets.IterableDataset:
+    """The shards of ``ds`` that rank ``rank`` reads, so that no rank reads the others' data:
+
+    - at least as many shards (files) as ranks: whole shards, rank r taking shards r, r + world, ... (when the
+      number is not a multiple of the world size, some ranks get one shard more, so more data per epoch);
+    - fewer: local JSON Lines files are split into ``world_size`` byte ranges each, one shard per range;
+    - fewer, and no such files (Hub, parquet, txt, compressed files): every rank reads every document and keeps
+      every ``world_size``-th (``split_dataset_by_node``), logged once with the way out.
+    """
+    shards = ds.n_shards
+    if shards % world_size == 0:
+        return split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    if shards > world_size:
+        if rank == 0:
+            log.info("data: %d shards over %d processes: whole shards each, %d processes read one shard more",
+                     shards, world_size, shards % world_size)
+        return ds.shard(num_shards=world_size, index=rank, contiguous=False)
+    if _local_json_lines(cfg):
+        return split_dataset_by_node(text_stream(cfg, "train", pieces_per_file=world_size), rank=rank,
+                                     world_size=world_size)
+    if rank == 0:
+        log.warning("data: %d shard(s) for %d processes, and they cannot be split by rows: every process reads all of "
+                    "the training data and keeps one document in %d; give at least %d files (or shards), or "
+                    "pretokenize (data=tokens)", shards, world_size, world_size, world_size)
+    return split_dataset_by_node(ds, rank=rank, world_size=world_size)
+
+
+def _local_json_lines(cfg) -> bool:
+    if cfg.source != "local":
+        return False
+    files = expand_files(cfg.train_files, "data.train_files")
+    return builder_for(files[0], cfg.format) == "json" and any(splittable_by_bytes(path) for path in files)

@@ -31,6 +31,10 @@ _BPE_RECIPE = "byte-level-bpe-v1"
 
 
 def build_tokenizer(tok_cfg, data_cfg) -> PreTrainedTokenizerFast:
+    if data_cfg.source == "tokens":  # the tokenizer saved with the pretokenized data
+        from polycom.data.tokens import load_tokenizer
+
+        return load_tokenizer(data_cfg, tok_cfg)
     if tok_cfg.kind == "bpe":
         return _cached_bpe(tok_cfg, data_cfg)
     if tok_cfg.kind == "pretrained":

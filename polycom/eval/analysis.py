@@ -9,6 +9,15 @@ hidden states are less alike (lower cosine similarity between layers) than ReLU/
   (index 0 = the embeddings, index L = the final, normed output, as in ``output_hidden_states``),
   averaged over tokens: an (L+1) x (L+1) symmetric matrix with ones on the diagonal.
 
+Effective rank grows with a matrix's width before any training: a random Gaussian 256 x 1056 matrix has a higher
+erank than a 256 x 704 one, and parameter matching makes the gated FFN (SwiGLU) 2/3 as wide as the others. So a
+raw erank difference between activations is partly shape. Two width-fair forms (``width_references``):
+
+- ``<kind>_init``: the erank of the same run's matrices at initialisation (``initial_model`` rebuilds them exactly:
+  the trainer seeds, then builds the model), so ``erank - erank_init`` is what training did to that matrix;
+- ``<kind>_random``: the mean erank of random Gaussian matrices of the same shape (erank ignores scale, so the
+  init std does not matter), so ``erank / erank_random`` compares matrices of different widths on one scale.
+
 FFN matrices are found by parameter name in each ``model.model.layers[i].mlp``: names containing
 "down" are down projections, "gate" gate projections, "up" up projections ("router" is skipped). A gated
 FFN's fused up projection ([gate | up] along its output dimension) is split in two. A 3-D parameter holds
@@ -17,7 +26,10 @@ one matrix per expert (first dimension), and each expert's matrix is ranked on i
 
 from __future__ import annotations
 
+import json
 import math
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -78,6 +90,57 @@ def ffn_effective_ranks(model) -> list[dict]:
                 row[f"{kind}_experts"] = values
         rows.append(row)
     return rows
+
+
+@lru_cache(maxsize=None)
+def random_effective_rank(shape: tuple[int, int], samples: int = 4, seed: int = 0) -> float:
+    """Mean effective rank of ``samples`` standard Gaussian matrices of ``shape`` (a fixed generator, so the same
+    number every time; over samples it varies by ~0.05 for the shapes of this project's models)."""
+    generator = torch.Generator().manual_seed(seed)
+    return sum(effective_rank(torch.randn(*shape, generator=generator, dtype=torch.float64))
+               for _ in range(samples)) / samples
+
+
+def width_references(model, initial=None) -> list[dict]:
+    """Per layer, for each FFN matrix kind: ``<kind>_random``, the erank of a random matrix of its shape, and
+    with ``initial`` (the same model at initialisation, ``initial_model``) ``<kind>_init``, its mean erank there."""
+    trained = ffn_matrices(model)
+    starts = ffn_matrices(initial) if initial is not None else [None] * len(trained)
+    rows = []
+    for matrices, start in zip(trained, starts):
+        row = {}
+        for kind in MATRIX_KINDS:
+            if kind not in matrices:
+                continue
+            row[f"{kind}_random"] = random_effective_rank(tuple(matrices[kind][0].shape))
+            if start is not None:
+                if [m.shape for m in start[kind]] != [m.shape for m in matrices[kind]]:
+                    raise ValueError(f"the initial model's {kind} matrices have other shapes than the trained model's")
+                row[f"{kind}_init"] = sum(effective_rank(m) for m in start[kind]) / len(start[kind])
+        rows.append(row)
+    return rows
+
+
+def initial_model(run_dir: Path):
+    """The run's model as it was before its first step, rebuilt from its ``config.yaml`` (and the vocabulary size
+    of its ``summary.json``): seeded with ``set_seed(cfg.seed)``, then built, as ``polycom.train.trainer.train``
+    does (what the trainer does in between, the tokenizer and the validation blocks, draws no random numbers;
+    tests/test_eval_analysis.py checks that this equals the trainer's model bit for bit)."""
+    from accelerate.utils import set_seed
+    from omegaconf import OmegaConf
+
+    from polycom.runs import CONFIG, SUMMARY
+    from polycom.train.build import build_model, compose_config
+
+    run_dir = Path(run_dir)
+    missing = [name for name in (CONFIG, SUMMARY) if not (run_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} has no {' or '.join(missing)}: the initialisation cannot be rebuilt "
+                                "without the run's config and vocabulary size")
+    # a run trained before a config key existed gets its default (the schema's, then the run's own values on top)
+    cfg = OmegaConf.merge(compose_config(), OmegaConf.load(run_dir / CONFIG))
+    set_seed(cfg.seed)
+    return build_model(cfg, vocab_size=json.loads((run_dir / SUMMARY).read_text())["vocab_size"]).eval()
 
 
 def token_blocks(tokenizer, text: str, seq_len: int, max_tokens: int) -> torch.Tensor:

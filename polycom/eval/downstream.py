@@ -56,6 +56,8 @@ def evaluate_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None = N
 
 
 TOO_LONG = ("skip", "error")
+# per-task counts written next to the metrics by ``flatten_metrics`` (polycom.report.tasks.COUNTS reads them back)
+COUNTS = ("n", "too_long", "skipped", "ties")
 
 
 def _fitting_examples(task: Task, examples: list[Example], tokenizer, window: int, too_long: str):
@@ -100,11 +102,14 @@ def load_examples(task: Task, data_dir: str | Path | None, limit: int | None,
 
 def flatten_metrics(results: dict) -> dict[str, float]:
     """``{"<task>/<metric>": value}`` for loggers and summary.json, and the per-group results as
-    ``"<task>/<breakdown key>/<group>/<metric>"`` (MMLU subjects, BLiMP paradigms and phenomena)."""
+    ``"<task>/<breakdown key>/<group>/<metric>"`` (MMLU subjects, BLiMP paradigms and phenomena), and the
+    counts behind them (``COUNTS``): examples scored (``<task>/n``), left out because an answer does not fit the
+    window (``/too_long``), malformed rows skipped (``/skipped``), BLiMP pairs scored alike (``/ties``)."""
     flat = {}
     for task, result in results.items():
         for metric, value in result["metrics"].items():
             flat[f"{task}/{metric}"] = value
+        flat.update({f"{task}/{count}": result[count] for count in COUNTS if count in result})
         for key, members in result.get("groups", {}).items():
             for name, metrics in members.items():
                 for metric, value in metrics.items():

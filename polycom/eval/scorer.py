@@ -14,6 +14,7 @@ accepts ``logits_to_keep`` (transformers' convention), which keeps memory flat f
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,16 +33,20 @@ def score_requests(model, tokenizer, requests: Sequence[Request], batch_size: in
     in the order given. ``encoded``: the requests already encoded (``encode_requests``), to skip tokenizing.
 
     With an ``accelerator`` of several processes, rank r scores requests r, r + world, ... and the shares
-    are gathered, so every rank returns the full list."""
+    are gathered, so every rank returns the full list. Every rank runs the same number of forward passes (a rank
+    with fewer requests pads with throwaway batches), as a sharded model (FSDP) gathers its weights in each
+    forward, a collective all ranks must join."""
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     window = max_length or model_window(model, tokenizer)
     if encoded is not None and len(encoded) != len(requests):
         raise ValueError(f"{len(encoded)} encoded requests for {len(requests)} requests")
     share = list(encoded[rank::world]) if encoded is not None else encode_requests(tokenizer, requests[rank::world])
-    local = _score_encoded(model, share, batch_size, window)
     if world == 1:
-        return local
+        return _score_encoded(model, share, batch_size, window)
+    batches = math.ceil(len(range(0, len(requests), world)) / batch_size)  # rank 0's share is the largest
+    filler = share[:1] or (list(encoded[:1]) if encoded is not None else encode_requests(tokenizer, requests[:1]))
+    local = _score_encoded(model, share, batch_size, window, batches=batches, filler=filler)
     from accelerate.utils import gather_object
 
     gathered = gather_object(local)  # rank 0's share, then rank 1's, ...
@@ -95,8 +100,9 @@ def encode_request(tokenizer, request: Request, context_cache: dict | None = Non
 
 
 @torch.inference_mode()
-def _score_encoded(model, encoded: list[tuple[list[int], list[int]]], batch_size: int,
-                   window: int) -> list[tuple[float, bool]]:
+def _score_encoded(model, encoded: list[tuple[list[int], list[int]]], batch_size: int, window: int,
+                   batches: int = 0, filler: list[tuple[list[int], list[int]]] = ()) -> list[tuple[float, bool]]:
+    """Scores of ``encoded``; then forwards of ``filler`` (results dropped) until ``batches`` forwards ran."""
     was_training = model.training
     model.eval()
     try:
@@ -104,11 +110,14 @@ def _score_encoded(model, encoded: list[tuple[list[int], list[int]]], batch_size
         keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
         results: list = [None] * len(encoded)
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        for start in starts:
             batch = order[start:start + batch_size]
             scored = _score_batch(model, [encoded[i] for i in batch], window, device, keeps_logits)
             for i, result in zip(batch, scored):
                 results[i] = result
+        for _ in range(batches - len(starts)):
+            _score_batch(model, list(filler), window, device, keeps_logits)
         return results
     finally:
         model.train(was_training)

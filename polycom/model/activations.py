@@ -28,8 +28,9 @@ live in ``activation_kernels`` (the C kernels in ``cpu_kernels``):
   expressions and run through ``torch.compile`` (Inductor fuses each into one or two loops). Compiled
   lazily on first use (a few seconds per shape family); if compilation fails the module warns once and
   falls back to ``"eager"``.
-- ``"liger"``: Liger-Kernel's Triton PolyNorm (CUDA only, order 3). **Untested here** (no GPU, no
-  Triton on the development machine): see ``_liger_polynorm``.
+- ``"liger"``: Liger-Kernel's Triton PolyNorm (CUDA only, order 3): see ``_liger_polynorm``. On CPU it is
+  tested through a stand-in with Liger's interface and closed-form backward (``tests/test_liger.py``); the
+  real kernel is compared with ``"eager"`` by that file's CUDA test, which runs only on a GPU machine.
 - ``"reference"``: ``polynorm_reference`` / ``polyrelu_reference`` under plain autograd (for tests and
   comparisons; keeps every intermediate).
 - ``"auto"``: Liger's PolyNorm on CUDA when ``liger_kernel`` imports and the order is 3, else ``"eager"``.
@@ -45,6 +46,7 @@ so bf16/fp16 inputs cannot overflow in x^3; outputs and input gradients come bac
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -64,45 +66,62 @@ _DEFAULT_BACKEND = os.environ.get("POLYCOM_ACT_BACKEND", "auto")
 # ---- Liger-Kernel (CUDA) ---------------------------------------------------------------------------------------
 _LIGER_UNSET = object()
 _liger_fn = _LIGER_UNSET
-_liger_has_in_place = False
+_LIGER_DEVICE_TYPES = ("cuda",)  # where Liger's Triton kernels run (the CPU tests add "cpu" for their stand-in)
 
 
 def _liger_polynorm_function():
     """Liger-Kernel's ``LigerPolyNormFunction`` if ``liger_kernel`` imports, else None (looked up once)."""
-    global _liger_fn, _liger_has_in_place
+    global _liger_fn
     if _liger_fn is _LIGER_UNSET:
         _liger_fn = None
         for module in ("liger_kernel.ops.poly_norm", "liger_kernel.ops"):
             try:
                 _liger_fn = getattr(__import__(module, fromlist=["LigerPolyNormFunction"]), "LigerPolyNormFunction")
-                _liger_has_in_place = "in_place" in inspect.signature(_liger_fn.forward).parameters
                 break
             except Exception:  # not installed, no Triton, no GPU driver, older version without PolyNorm
                 continue
     return _liger_fn
 
 
+def _liger_applies(x: torch.Tensor, order: int) -> bool:
+    """Whether Liger's PolyNorm can compute this call: order 3, an input on a device its kernels run on, and
+    ``liger_kernel`` importable."""
+    return order == 3 and x.device.type in _LIGER_DEVICE_TYPES and _liger_polynorm_function() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _liger_takes_in_place(fn) -> bool:
+    return "in_place" in inspect.signature(fn.forward).parameters
+
+
 def _liger_polynorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """PolyNorm through Liger-Kernel's Triton kernel (``liger_kernel.ops.poly_norm.LigerPolyNormFunction``).
 
-    UNTESTED HERE: the development machine has no GPU and no Triton, so this path has never run in this
-    project's test suite. What it relies on, read from Liger's source: order 3 only; ``W`` of shape (3,)
-    with ``W[0]`` multiplying x^3 (the same layout as ``PolyNorm.weight``, so no reordering); ``B`` any
-    one-element tensor (Liger's own module uses a 0-d bias, ours is (1,)); ``eps`` added to mean(u^2)
-    inside the square root, as here (default 1e-6); it keeps the input and a (rows, 3) fp32 inverse-RMS for
-    backward, like the eager path. Its Triton arithmetic runs in the input dtype, so half-precision inputs
-    are upcast to fp32 before the call (fp32 internals, at the cost of saving an fp32 copy of x) and the
-    output is cast back. ``in_place=False`` is passed when the installed version has that argument (its
-    default, True, overwrites ``grad_output`` in backward).
+    What it relies on, read from Liger's source (liger-kernel 0.8.5, ``ops/poly_norm.py``): order 3 only; ``W``
+    of shape (3,) with ``W[0]`` multiplying x^3 (the same layout as ``PolyNorm.weight``, so no reordering);
+    ``B`` one element, and backward returns its gradient 0-d (``_dB.sum()``), so ours, of shape (1,), is passed
+    as a 0-d view (a (1,)-shaped bias would make autograd reject the 0-d gradient: "invalid gradient at index
+    2"); ``eps`` added to mean(u^2) inside the square root, as here (default 1e-6); it keeps the input and a
+    (rows, 3) fp32 inverse-RMS for backward, like the eager path. Its forward arithmetic runs in the input dtype,
+    so half-precision inputs are upcast to fp32 before the call (fp32 internals, at the cost of saving an fp32
+    copy of x) and the output is cast back. ``in_place=False`` is passed when the installed version has that
+    argument (its default, True, overwrites ``grad_output`` in backward). Liger's own ``LigerPolyNorm`` module
+    starts its bias at 1.0; ours keeps the paper's 0 (only the function is used).
     """
     fn = _liger_polynorm_function()
     dtype = x.dtype
     xf = x if dtype in (torch.float32, torch.float64) else x.float()
     shape = xf.shape
-    args = (xf.reshape(-1, shape[-1]).contiguous(), weight, bias, eps)
-    if _liger_has_in_place:
+    args = (xf.reshape(-1, shape[-1]).contiguous(), weight, bias.reshape(()), eps)
+    if _liger_takes_in_place(fn):
         args = args + (False,)
     return fn.apply(*args).reshape(shape).to(dtype)
+
+
+def _full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (sharded) DTensor (gathered from every process), else the tensor itself."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if full is not None else tensor
 
 
 # ---- modules ---------------------------------------------------------------------------------------------------
@@ -142,9 +161,13 @@ class _PolyCom(nn.Module):
         init.zeros_(self.bias)
 
     def log_values(self) -> dict[str, float]:
-        """``a0`` (multiplies the highest power) .. ``a{r-1}`` and ``b``."""
-        values = {f"a{i}": a for i, a in enumerate(self.weight.detach().float().tolist())}
-        values["b"] = self.bias.detach().float().item()
+        """``a0`` (multiplies the highest power) .. ``a{r-1}`` and ``b``.
+
+        Under FSDP the coefficients are sharded ``DTensor``s: they are gathered first, a collective, so every
+        process must call this, in the same order (``activation_values`` on every rank does)."""
+        weight, bias = (_full_tensor(p.detach()).float() for p in (self.weight, self.bias))
+        values = {f"a{i}": a for i, a in enumerate(weight.tolist())}
+        values["b"] = bias.item()
         return values
 
     def extra_repr(self) -> str:
@@ -155,8 +178,7 @@ class _PolyCom(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"activation backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "auto":
-            use_liger = (isinstance(self, PolyNorm) and x.is_cuda and self.order == 3 and not _is_compiling()
-                         and _liger_polynorm_function() is not None)
+            use_liger = isinstance(self, PolyNorm) and not _is_compiling() and _liger_applies(x, self.order)
             return "liger" if use_liger else "eager"
         return backend
 
@@ -171,7 +193,7 @@ class PolyNorm(_PolyCom):
         if backend == "reference":
             return polynorm_reference(x, self.weight, self.bias, self.eps)
         if backend == "liger":
-            if not (x.is_cuda and self.order == 3 and _liger_polynorm_function() is not None):
+            if not _liger_applies(x, self.order):
                 raise RuntimeError("backend='liger' needs a CUDA input, order 3 and an importable liger_kernel")
             return _liger_polynorm(x, self.weight, self.bias, self.eps)
         return _PolyNormFunction.apply(x, self.weight, self.bias, self.eps, backend == "compiled")
@@ -218,6 +240,7 @@ class ActivationSpec:
     gated: bool
     build: Callable[[int, float], nn.Module]  # (order, eps) -> elementwise activation module
     polycom: bool = False
+    orders: tuple[int, ...] = tuple(range(MIN_ORDER, MAX_ORDER + 1))  # the ``activation.order`` values it accepts
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {
@@ -229,6 +252,9 @@ ACTIVATIONS: dict[str, ActivationSpec] = {
         ActivationSpec("relu2", gated=False, build=lambda order, eps: ReLU2()),
         ActivationSpec("polyrelu", gated=False, build=lambda order, eps: PolyReLU(order), polycom=True),
         ActivationSpec("polynorm", gated=False, build=PolyNorm, polycom=True),
+        # The gated PolyNorm variants (classes at the end of this file, with their sources): SwiGLU's width
+        ActivationSpec("gated_polynorm", gated=True, build=lambda order, eps: GatedPolyNorm(order, eps), polycom=True),
+        ActivationSpec("pnglu", gated=True, build=lambda order, eps: PNGLU(order, eps), polycom=True, orders=(2, 3)),
     )
 }
 
@@ -273,3 +299,74 @@ def polyrelu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     order = weight.shape[0]
     r = F.relu(x)
     return sum(weight[order - k] * r**k for k in range(1, order + 1)) + bias
+
+
+# ---- gated PolyNorm variants -------------------------------------------------------------------------------------
+class GatedPolyNorm(PolyNorm):
+    """PolyNorm as the gate of a gated linear unit: the FFN computes ``W2 (PolyNorm(Wg x) * Wu x)`` with SwiGLU's
+    hidden width (registry entry ``gated_polynorm``). The module is ``PolyNorm`` itself (order r, coefficients
+    1/r, bias 0, eps 1e-6, every backend and kernel), applied to the gate half only.
+
+    Source: Motif Technologies' Motif-2.6B (Motif 2.6B technical report, 2025), whose MLP is
+    ``down_proj(PolyNorm(gate) * up)`` with one fused gate|up projection of ``intermediate_size`` each and the
+    official order-3 PolyNorm (``weight`` = ones(3)/3, ``bias`` = 0, eps 1e-6): vLLM's implementation of the model,
+    ``vllm/model_executor/models/motif.py`` (``MotifMLP``) with ``PolyNorm`` from
+    ``vllm/model_executor/layers/layernorm.py``. Later Motif ports (MLX) reparametrise the coefficients through a
+    sigmoid and scale the output; that variant is not implemented here.
+    """
+
+
+class PNGLU(nn.Module):
+    """swiss-ai's PolyNorm GLU gate, order 2 (Megatron's ``--pnglu``) or 3 (``--pn3glu``), registry entry ``pnglu``:
+
+        gate(x) = sum_{i=1..r} |a_i| * N(x^i),   N(v) = v / sqrt(mean(v^2 over the last dim) + eps)
+
+    in the FFN ``W2 (gate(Wg x) * Wu x)`` with SwiGLU's hidden width. Unlike PolyNorm: the coefficients pass through
+    ``abs`` (the gate's terms keep a positive weight), they start at 0.2 (not 1/r), and there is no bias. Computed
+    in fp32 for half-precision inputs (as the source does) and returned in the input dtype; plain autograd (every
+    power and normalized power is kept for backward, like ``OfficialPolyNorm``).
+
+    Source: swiss-ai/Megatron-LM-MoE, ``megatron/core/activations.py``, class ``PolyNorm`` (``compiled_polynorm``:
+    ``a1*RMSNorm(x) + a2*RMSNorm(x*x)`` with ``alpha_1 = |alpha_1|``, ``alpha_2 = |alpha_2|``, ``alpha_init=0.2``,
+    ``eps=1e-6``; ``num_terms=3`` adds ``|alpha_3| * RMSNorm(x**3)``), read at commit 05a61ea.
+
+    Layout as PolyCom's: ``weight[0]`` multiplies the highest power, i.e. ``weight = [alpha_r, ..., alpha_1]``.
+    """
+
+    no_weight_decay_params = ("weight",)
+    ORDERS = (2, 3)
+    INIT = 0.2
+
+    def __init__(self, order: int = 2, eps: float = 1e-6):
+        super().__init__()
+        if order not in self.ORDERS:
+            raise ValueError(f"pnglu's order (activation.order) must be one of {self.ORDERS}, got {order}")
+        self.order, self.eps = order, eps
+        self.weight = nn.Parameter(torch.full((order,), self.INIT))
+
+    @torch.no_grad()
+    def init_weights_(self, std: float | None = None, residual_std: float | None = None) -> None:
+        """Every coefficient 0.2, through transformers' initialization functions (weights loaded by
+        ``from_pretrained`` are left alone)."""
+        from transformers import initialization as init
+
+        init.constant_(self.weight, self.INIT)
+
+    def log_values(self) -> dict[str, float]:
+        """The effective coefficients ``|a|``: ``a0`` multiplies the highest power."""
+        weight = _full_tensor(self.weight.detach()).float().abs()
+        return {f"a{i}": a for i, a in enumerate(weight.tolist())}
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x if dtype in (torch.float32, torch.float64) else x.float()
+        out, power = None, None
+        for i in range(1, self.order + 1):
+            power = xf if power is None else power * xf
+            term = self.weight[self.order - i].abs().to(xf.dtype) * (
+                power * torch.rsqrt(power.square().mean(-1, keepdim=True) + self.eps))
+            out = term if out is None else out + term
+        return out.to(dtype)

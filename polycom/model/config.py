@@ -43,6 +43,9 @@ class PolyComConfig(PretrainedConfig):
     rms_norm_eps: float = 1e-5
     polycom_eps: float = 1e-6
     qk_norm: bool = False
+    # attention within documents only: a token attends to the tokens of its own document, which ends with
+    # eos_token_id (set from the training config's data.document_mask; polycom.model.modeling._within_documents)
+    document_mask: bool = False
     initializer_range: float = 0.02
     scaled_residual_init: bool = True
     tie_word_embeddings: bool = False
@@ -122,6 +125,8 @@ def check_model_fields(get: Callable[[str], object], name: Callable[[str], str] 
     act, order = get("activation"), get("activation_order")
     require(act in ACTIVATIONS, f"{name('activation')}={act!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
     require(MIN_ORDER <= order <= MAX_ORDER, f"{name('activation_order')}={order} must be in {MIN_ORDER}..{MAX_ORDER}")
+    orders = ACTIVATIONS[act].orders
+    require(order in orders, f"{name('activation_order')}={order} is not an order of {act}; valid: {orders}")
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings"):
         require(get(key) > 0, f"{name(key)}={get(key)} must be > 0")
@@ -142,10 +147,10 @@ def check_model_fields(get: Callable[[str], object], name: Callable[[str], str] 
 
 
 # ---- the training config's model and activation groups ---------------------------------------------------------
-# Not set by hand: the vocabulary and token ids (from the tokenizer), the activation (its own group), caching and the
-# record of how the widths were chosen.
+# Not set by hand: the vocabulary and token ids (from the tokenizer), the activation (its own group), caching, the
+# record of how the widths were chosen, and the document mask (data.document_mask).
 _NOT_IN_SCHEMA = {"vocab_size", "activation", "activation_order", "polycom_eps", "use_cache", "bos_token_id",
-                  "eos_token_id", "pad_token_id", "ffn_width_source"}
+                  "eos_token_id", "pad_token_id", "ffn_width_source", "document_mask"}
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 ModelSchema = dataclasses.make_dataclass("ModelSchema", [
     (key, _TYPES[kind], dataclasses.field(default=704 if key == "intermediate_size" else getattr(PolyComConfig, key)))

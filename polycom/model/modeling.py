@@ -15,10 +15,13 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .checkpointing import CHECKPOINTING_MODES, checkpoint_layer, checkpoint_recomputing_elementwise
 from .config import PolyComConfig
 from .layers import CausalSelfAttention, FeedForward, RMSNorm, RotaryEmbedding
+from .losses import chunked_cross_entropy
 
 
 # transformers renamed the KV cache argument and output field from ``past_key_values`` to ``cache`` (5.2x);
@@ -36,7 +39,13 @@ class PolyComCausalLMOutput(CausalLMOutputWithPast):
     expert_load: torch.FloatTensor | None = None  # (layers, experts): fraction of routed tokens per expert
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm attention and FFN blocks. As a ``GradientCheckpointingLayer`` the whole layer is recomputed in
+    backward once ``gradient_checkpointing`` is set (``activation_checkpointing="full"``); ``recompute_ffn``
+    (``"activation"``) recomputes only the FFN's elementwise ops (``checkpointing``)."""
+
+    recompute_ffn = False
+
     def __init__(self, config: PolyComConfig, layer_idx: int):
         super().__init__()
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -49,12 +58,18 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = FeedForward(config)
 
-    def forward(self, x, cos, sin, attn_mask, is_causal, cache):
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache=None):
         x = x + self.attn(self.input_norm(x), cos, sin, attn_mask, is_causal, cache)
-        out = self.mlp(self.ffn_norm(x))
+        if self.recompute_ffn and self.training and torch.is_grad_enabled():
+            out = checkpoint_recomputing_elementwise(self._ffn, x)
+        else:
+            out = self._ffn(x)
         if isinstance(out, torch.Tensor):
             return x + out, None
         return x + out.hidden_states, out
+
+    def _ffn(self, x):
+        return self.mlp(self.ffn_norm(x))
 
 
 class PolyComPreTrainedModel(PreTrainedModel):
@@ -63,6 +78,26 @@ class PolyComPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DecoderLayer"]
     _supports_sdpa = True
     _skip_keys_device_placement = ["past_key_values"]
+    supports_gradient_checkpointing = True  # gradient_checkpointing_enable(): every DecoderLayer recomputed
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """What the decoder layers keep for backward in training (``polycom.model.checkpointing``): "none",
+        "activation" (the FFN's elementwise ops recomputed) or "full" (each layer recomputed from its input, as
+        ``gradient_checkpointing_enable()``). Non-reentrant ``torch.utils.checkpoint`` in every mode."""
+        if mode not in CHECKPOINTING_MODES:
+            raise ValueError(f"activation checkpointing {mode!r} is unknown; valid: {', '.join(CHECKPOINTING_MODES)}")
+        # transformers' own switch, without the input-embedding hook its public enable adds for reentrant checkpoints
+        self._set_gradient_checkpointing(enable=mode == "full", gradient_checkpointing_func=checkpoint_layer)
+        for module in self.modules():
+            if isinstance(module, DecoderLayer):
+                module.recompute_ffn = mode == "activation"
+
+    @property
+    def activation_checkpointing(self) -> str:
+        layers = [m for m in self.modules() if isinstance(m, DecoderLayer)]
+        if layers and all(m.gradient_checkpointing for m in layers):
+            return "full"
+        return "activation" if layers and all(m.recompute_ffn for m in layers) else "none"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -120,12 +155,14 @@ class PolyComModel(PolyComPreTrainedModel):
             else:
                 position_ids = torch.arange(past, past + seq, device=x.device).unsqueeze(0).expand(batch, -1)
         attn_mask, is_causal = _attention_mask(attention_mask if padded else None, seq, past, x.device)
+        if self.config.document_mask and input_ids is not None and past == 0:
+            attn_mask, is_causal = _within_documents(attn_mask, input_ids, self.config.eos_token_id), False
         cos, sin = self.rotary(position_ids, x.dtype)
 
         hidden_states = [x] if output_hidden_states else None
         router_outputs = []
         for layer in self.layers:
-            x, router_out = layer(x, cos, sin, attn_mask, is_causal, past_key_values)
+            x, router_out = layer(x, cos, sin, attn_mask, is_causal, cache=past_key_values)
             if router_out is not None:
                 router_outputs.append(router_out)
             if output_hidden_states:
@@ -152,6 +189,19 @@ def _attention_mask(padding_mask, seq: int, past: int, device) -> tuple[torch.Te
         diagonal = torch.arange(kv_len, device=device)[None, :] == query_pos
         mask = (mask & keep) | diagonal
     return mask, False
+
+
+def _within_documents(mask: torch.Tensor | None, input_ids: torch.Tensor, eos: int) -> torch.Tensor:
+    """``mask`` (None: causal) restricted to pairs of tokens of one document, (batch, 1, seq, seq) for SDPA. A
+    document ends with ``eos``, which belongs to it; the next token starts another. With RoPE a document then gets
+    the outputs it would get alone (attention sees only relative positions). Not applied while decoding with a KV
+    cache, whose earlier tokens are not known here."""
+    seq = input_ids.shape[1]
+    ends = (input_ids == eos).long()
+    documents = ends.cumsum(-1) - ends  # EOS tokens before each token
+    if mask is None:
+        mask = torch.ones(seq, seq, dtype=torch.bool, device=input_ids.device).tril()
+    return mask & (documents[:, None, :, None] == documents[:, None, None, :])
 
 
 class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
@@ -224,10 +274,13 @@ class PolyComForCausalLM(PolyComPreTrainedModel, GenerationMixin):
         return out
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32; position t predicts labels[t + 1].
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy in fp32, mean (or sum) over the positions not ignored; position t predicts
+    labels[t + 1].
 
     The labels are shifted (the last position gets -100), not the logits: slicing the (batch, seq, vocab)
-    logits would copy them, and its backward would zero-fill and copy a gradient of the same size."""
+    logits would copy them, and its backward would zero-fill and copy a gradient of the same size. The logits
+    are upcast one chunk at a time (``losses.chunked_cross_entropy``), never as a whole fp32 copy."""
     shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=-100)
+    return chunked_cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100,
+                                 reduction=reduction)

@@ -6,13 +6,15 @@ One MoE layer replaces a block's dense FFN:
    the top-k experts of every token. Their weights are the top-k probabilities as they are (OLMoE-1B-7B,
    ``norm_topk_prob=False``) or renormalized to sum to 1 (``norm_topk_prob=True``, Mixtral / Qwen-MoE style).
 2. **Dispatch (dropless).** The N·k token-slots are sorted by expert (argsort of the flat expert ids; a
-   ``bincount`` gives the number per expert), so each expert's tokens form one contiguous slice. No capacity
-   factor: every slot is computed, whatever the imbalance.
+   ``scatter_add`` counts them per expert, once per layer: the counts feed the dispatch, the load-balance loss
+   and the logged load), so each expert's tokens form one contiguous slice. No capacity factor: every slot is
+   computed, whatever the imbalance.
 3. **Experts.** Each expert is a bias-free FFN ``down_e · act(up_e · x)`` (gated: ``down_e · (silu(gate_e x) *
    up_e x)`` with the gate and up matrices fused as ``[gate | up]`` like ``FeedForward``), run only on its own
    slice: ``torch.nn.functional.grouped_mm`` (one call for all experts) where it applies, else a Python loop
-   over the non-empty experts with one matmul pair each (see ``MoEFeedForward._use_grouped_mm``). The weights
-   are 3-D parameters, ``up_proj (E, d, h or 2h)`` and ``down_proj (E, h, d)``, with h =
+   over the non-empty experts with one matmul pair each (see ``MoEFeedForward._use_grouped_mm``). Under
+   autocast the expert input is cast to the autocast dtype (bf16) first, so a CUDA bf16 run takes
+   ``grouped_mm``. The weights are 3-D parameters, ``up_proj (E, d, h or 2h)`` and ``down_proj (E, h, d)``, with h =
    ``config.moe_intermediate_size`` (``PolyComConfig.matched`` gives non-gated activations 1.5x the gated width,
    so every activation has the same parameter count).
 4. **Combine.** Each slot's output is scaled by its routing weight and the k slots of a token are summed
@@ -34,6 +36,17 @@ Auxiliary losses, per layer (``PolyComForCausalLM`` averages them over layers an
   ``load_balancing_loss_func`` gives k times this at uniform routing (it sums f over the k slots separately)
   and pools all layers' tokens before computing f and P.
 - router z-loss (ST-MoE): mean over tokens of ``logsumexp(logits)^2``.
+
+Host synchronisation: on the ``grouped_mm`` path with shared coefficients a layer never waits for the device
+(the counts stay a device tensor; their cumulative sum is ``grouped_mm``'s offsets), so a CUDA step queues the
+whole forward and backward without a sync. The Python loop (fp32 on CUDA without autocast, unaligned widths,
+fp64) and per-expert coefficients (``moe_shared_coefficients=False``) need the slice sizes on the host: one
+``counts.tolist()`` per layer and micro-batch.
+
+``torch.compile``: torch 2.13's fake-tensor (meta) rule for ``grouped_mm`` copies the CUDA kernel's checks
+and accepts only bf16, although the CPU kernel runs fp32 (and fp16). While Dynamo traces, non-bf16 inputs go
+through ``polycom::grouped_mm``, a custom op that runs the same kernel eagerly, with its own shape rule and a
+backward of two more ``grouped_mm`` calls, so an fp32 MoE compiles on CPU.
 """
 
 from __future__ import annotations
@@ -87,21 +100,27 @@ def route(logits: torch.Tensor, k: int, norm_topk_prob: bool) -> Routing:
 
 
 def tokens_per_expert(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Number of token-slots routed to each expert, (E,) long, from the chosen experts (N, k)."""
-    return torch.bincount(experts.reshape(-1), minlength=num_experts)
+    """Number of token-slots routed to each expert, (E,) long, from the chosen experts (N, k).
+
+    A ``scatter_add`` into E zeros, not ``bincount``: on CUDA ``bincount`` reads the largest id on the host
+    (a sync) to size its output; this output's size is known."""
+    flat = experts.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
-def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Fraction of the N·k token-slots routed to each expert (E,), fp32; sums to 1."""
-    counts = tokens_per_expert(experts, num_experts).float()
-    return counts / max(experts.numel(), 1)
+def expert_load(experts: torch.Tensor, num_experts: int, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of the N·k token-slots routed to each expert (E,), fp32; sums to 1. ``counts``: the layer's
+    ``tokens_per_expert``, when already computed."""
+    counts = tokens_per_expert(experts, num_experts) if counts is None else counts
+    return counts.float() / max(experts.numel(), 1)
 
 
-def load_balance_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+def load_balance_loss(probs: torch.Tensor, experts: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Switch-style ``E * sum_i f_i * P_i``: f_i the fraction of token-slots routed to expert i (no gradient),
-    P_i the mean router probability of expert i over tokens. Minimal (1.0) when both are uniform."""
+    P_i the mean router probability of expert i over tokens. Minimal (1.0) when both are uniform. ``counts``:
+    the layer's ``tokens_per_expert``, when already computed."""
     num_experts = probs.shape[-1]
-    f = expert_load(experts, num_experts)
+    f = expert_load(experts, num_experts, counts)
     probs = _at_least_fp32(probs)
     return num_experts * (f.to(probs.dtype) * probs.mean(dim=0)).sum()
 
@@ -111,12 +130,10 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(_at_least_fp32(logits), dim=-1).square().mean()
 
 
-def sort_by_expert(experts: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sort_by_expert(experts: torch.Tensor) -> torch.Tensor:
     """Order of the flat token-slots (N·k) that groups them by expert (stable: token order kept within an
-    expert), and the number of slots per expert. Slot ``s`` belongs to token ``s // k``."""
-    flat = experts.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    return order, torch.bincount(flat, minlength=num_experts)
+    expert). Slot ``s`` belongs to token ``s // k``."""
+    return torch.argsort(experts.reshape(-1), stable=True)
 
 
 class MoEFeedForward(nn.Module):
@@ -169,21 +186,29 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         routing = route(self.router_logits(flat), self.top_k, self.norm_topk_prob)
-        out = self.experts_forward(flat, routing.weights, routing.experts)
+        counts = tokens_per_expert(routing.experts, self.num_experts)  # once: dispatch, balance loss, load
+        out = self.experts_forward(flat, routing.weights, routing.experts, counts)
         return MoEOutput(
             hidden_states=out.view(shape),
-            load_balance_loss=load_balance_loss(routing.probs, routing.experts),
+            load_balance_loss=load_balance_loss(routing.probs, routing.experts, counts),
             router_z_loss=router_z_loss(routing.logits),
-            expert_load=expert_load(routing.experts, self.num_experts).detach(),
+            expert_load=expert_load(routing.experts, self.num_experts, counts).detach(),
         )
 
     # ---- experts -------------------------------------------------------------------------------------------
-    def experts_forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """``out[t] = sum_j weights[t, j] * FFN_{experts[t, j]}(x[t])`` for x (N, d), weights and experts (N, k).
+    def experts_forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
+        """``out[t] = sum_j weights[t, j] * FFN_{experts[t, j]}(x[t])`` for x (N, d), weights and experts (N, k);
+        ``counts``: ``tokens_per_expert(experts)`` when the caller has it.
 
-        Dropless: all N·k slots are computed, each expert only on its own tokens."""
+        Dropless: all N·k slots are computed, each expert only on its own tokens. Under autocast the experts run
+        in the autocast dtype (the input is cast before it is gathered, as autocast would cast it for a matmul)."""
         num_tokens, k = experts.shape
-        order, counts = sort_by_expert(experts, self.num_experts)
+        counts = tokens_per_expert(experts, self.num_experts) if counts is None else counts
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            x = x.to(torch.get_autocast_dtype(device_type))
+        order = sort_by_expert(experts)
         token_of_slot = order // k
         x_sorted = x.index_select(0, token_of_slot)  # (N·k, d), grouped by expert; faster than x[...]
         if self._use_grouped_mm(x_sorted):
@@ -216,14 +241,14 @@ class MoEFeedForward(nn.Module):
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def _experts_grouped_mm(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        offsets = counts.cumsum(0).to(torch.int32)
-        h = _contiguous_grad(F.grouped_mm(x_sorted, self.up_proj.to(x_sorted.dtype), offs=offsets))
+        offsets = counts.cumsum(0).to(torch.int32)  # stays on the device: no host sync
+        h = _contiguous_grad(_grouped_mm(x_sorted, self.up_proj.to(x_sorted.dtype), offsets))
         if self.per_expert_act:  # row-wise activations with different coefficients: one slice per expert
             a = torch.cat([self._activate(chunk, e) for e, chunk in enumerate(h.split(counts.tolist()))
-                           if chunk.shape[0] > 0])
+                           if chunk.shape[0] > 0])  # one host sync for the slice bounds
         else:  # the activation is row-wise (PolyNorm: per row over h), so one call covers every expert
             a = self._activate(h, None)
-        return _contiguous_grad(F.grouped_mm(a.contiguous(), self.down_proj.to(a.dtype), offs=offsets))
+        return _contiguous_grad(_grouped_mm(a.contiguous(), self.down_proj.to(a.dtype), offsets))
 
     def _use_grouped_mm(self, x_sorted: torch.Tensor) -> bool:
         """Which expert backend runs. ``grouped_mm`` needs fp32/bf16/fp16 and row strides that are multiples of
@@ -263,4 +288,49 @@ class _ContiguousGrad(torch.autograd.Function):
 
 def _contiguous_grad(x: torch.Tensor) -> torch.Tensor:
     return _ContiguousGrad.apply(x) if x.requires_grad else x
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``grouped_mm(x (M, K), w (E, K, N), offs=offsets) -> (M, N)``: rows ``offsets[e-1]:offsets[e]`` of x times
+    ``w[e]``. While Dynamo traces, inputs other than bf16 go through the custom op ``polycom::grouped_mm``:
+    the fake-tensor rule of ``aten._grouped_mm`` (torch 2.13) rejects every dtype but bf16, the CPU kernel
+    does not."""
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        return _grouped_mm_op(x, w, offsets, "forward")
+    return F.grouped_mm(x, w, offs=offsets)
+
+
+@torch.library.custom_op("polycom::grouped_mm", mutates_args=())
+def _grouped_mm_op(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, mode: str) -> torch.Tensor:
+    """``aten._grouped_mm`` behind an opaque op. ``mode`` "forward": a (M, K) x b (E, K, N) -> (M, N);
+    "input_grad": a (M, N) x b (E, K, N) transposed -> (M, K); "weight_grad": a (M, K), b (M, N) -> (E, K, N),
+    group e's sum of ``a_row^T b_row``."""
+    if mode == "weight_grad":
+        return torch._grouped_mm(a.contiguous().t(), b.contiguous(), offs=offs)
+    return torch._grouped_mm(a.contiguous(), b.transpose(-2, -1) if mode == "input_grad" else b, offs=offs)
+
+
+@_grouped_mm_op.register_fake
+def _(a, b, offs, mode):
+    if mode == "weight_grad":
+        return a.new_empty(offs.shape[0], a.shape[1], b.shape[1])
+    return a.new_empty(a.shape[0], b.shape[-2] if mode == "input_grad" else b.shape[-1])
+
+
+def _grouped_mm_setup(ctx, inputs, output):
+    a, b, offs, mode = inputs
+    if mode != "forward":
+        raise NotImplementedError("polycom::grouped_mm: only the forward mode is differentiable")
+    ctx.save_for_backward(a, b, offs)
+
+
+def _grouped_mm_backward(ctx, grad):
+    a, b, offs = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_a = _grouped_mm_op(grad, b, offs, "input_grad") if ctx.needs_input_grad[0] else None
+    grad_b = _grouped_mm_op(a, grad, offs, "weight_grad") if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b, None, None
+
+
+_grouped_mm_op.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 

@@ -75,7 +75,10 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
 
 
 def activation_values(model: nn.Module) -> dict:
-    """What the activations report (``log_values``: PolyCom's coefficients), keyed ``polycom/layer<i>/<name>``."""
+    """What the activations report (``log_values``: PolyCom's coefficients), keyed ``polycom/layer<i>/<name>``.
+
+    Under FSDP this gathers the sharded coefficients (collectives): every process calls it at the same steps
+    (``hooks.TrainMetrics`` runs on all of them), and only the main one logs the values."""
     values = {}
     for name, module in model.named_modules():
         report = getattr(module, "log_values", None)

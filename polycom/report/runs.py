@@ -4,25 +4,44 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from polycom.runs import CONFIG, METRICS, SUMMARY, is_result_metric
+from polycom import config_diff
+from polycom.runs import CONFIG, METRICS, SUMMARY, is_result_metric, read_summary, result_problem
 
 BASE_COLUMNS = ["activation", "seed", "val_loss", "val_ppl", "tokens", "num_params", "num_params_active", "steps",
                 "wall_seconds", "run_dir"]
 
 
-def find_run_dirs(roots: list[Path]) -> list[Path]:
-    """Every folder below ``roots`` holding a summary.json of a complete run, sorted."""
+def run_folders(roots: list[Path]) -> list[Path]:
+    """Every folder below ``roots`` that a run wrote (a summary.json or a metrics.jsonl), sorted."""
     found = set()
     for root in roots:
-        for summary in Path(root).rglob(SUMMARY):
-            if json.loads(summary.read_text()).get("complete", True):
-                found.add(summary.parent)
+        for name in (SUMMARY, METRICS):
+            found.update(path.parent for path in Path(root).rglob(name))
     return sorted(found)
+
+
+def find_run_dirs(roots: list[Path]) -> list[Path]:
+    """Every run folder below ``roots`` with a result: a complete run's summary.json with a validation loss."""
+    return [d for d in run_folders(roots) if result_problem(read_summary(d)) is None]
+
+
+def skipped_runs(roots: list[Path]) -> list[tuple[Path, str]]:
+    """The run folders below ``roots`` that ``find_run_dirs`` leaves out, each with the reason and what to do."""
+    skipped = []
+    for run_dir in run_folders(roots):
+        problem = result_problem(read_summary(run_dir))
+        if problem == "no summary.json":
+            problem = "no summary.json: still running, or killed"
+        if problem is not None:
+            skipped.append((run_dir, f"{problem} (finish it with the same command and trainer.resume=auto)"))
+    return skipped
 
 
 def downstream_columns(summary: dict) -> list[str]:
@@ -33,8 +52,10 @@ def downstream_columns(summary: dict) -> list[str]:
 def analysis_metrics(run_dir: Path) -> dict:
     """The paper's analyses of a run as ``analysis/<name>`` metrics when ``<run_dir>/analysis/analysis.json``
     (``scripts/analyze.py``) exists: each FFN matrix kind's effective rank averaged over layers
-    (``analysis/erank_up``, ``_down``, ``_gate``), and the mean cosine similarity of hidden states between
-    different layers (``analysis/similarity_off_diagonal``) and between adjacent ones (``_adjacent``)."""
+    (``analysis/erank_up``, ``_down``, ``_gate``), its width-fair forms where the analysis has the references
+    (``analysis/erank_up_minus_init``: the change from the run's own initialisation; ``analysis/erank_up_over_random``:
+    the ratio to a random matrix of the same shape; see ``polycom.eval.analysis``), and the mean cosine similarity of
+    hidden states between different layers (``analysis/similarity_off_diagonal``) and adjacent ones (``_adjacent``)."""
     path = Path(run_dir) / "analysis" / "analysis.json"
     if not path.is_file():
         return {}
@@ -45,6 +66,12 @@ def analysis_metrics(run_dir: Path) -> dict:
         values = [row[kind] for row in rows if kind in row]
         if values:
             metrics[f"analysis/erank_{kind}"] = sum(values) / len(values)
+        for suffix, reference, combine in (("minus_init", "init", float.__sub__),
+                                           ("over_random", "random", float.__truediv__)):
+            fair = [combine(float(row[kind]), float(row[f"{kind}_{reference}"])) for row in rows
+                    if f"{kind}_{reference}" in row]
+            if fair and len(fair) == len(values):
+                metrics[f"analysis/erank_{kind}_{suffix}"] = sum(fair) / len(fair)
     similarity = analysis.get("layer_similarity", {})
     if "mean_off_diagonal" in similarity:
         metrics["analysis/similarity_off_diagonal"] = similarity["mean_off_diagonal"]
@@ -58,17 +85,7 @@ def run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
-    flat = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(OmegaConf.load(path)), "")
-    return flat
+    return config_diff.flatten(OmegaConf.to_container(OmegaConf.load(path)))
 
 
 def config_values(run_dir: Path, keys: list[str]) -> dict:
@@ -108,15 +125,45 @@ def check_one_run_per_cell(rows: list[dict], by: list[str]) -> None:
     for row in rows:
         cells[(row["activation"], row["seed"], *variant_of(row, by))].append(Path(row["run_dir"]))
     for (activation, seed, *values), dirs in cells.items():
-        if len(dirs) < 2:
-            continue
-        first, second = run_config(dirs[0]), run_config(dirs[1])
-        differ = sorted(k for k in first.keys() | second.keys()
-                        if first.get(k) != second.get(k) and not k.startswith(("paths.", "hydra.")))
-        hint = (f"their configs differ in {', '.join(differ[:6])}: pass --by {differ[0]} to keep them apart"
-                if differ else "their configs are the same: is one run collected twice?")
-        raise ValueError(f"{len(dirs)} runs are activation={activation} seed={seed}"
-                         + "".join(f" {k}={v}" for k, v in zip(by, values)) + f" ({dirs[0]}, {dirs[1]}); {hint}")
+        if len(dirs) > 1:
+            raise ValueError(conflict_message(dirs, f"activation={activation} seed={seed}"
+                                              + "".join(f" {k}={v}" for k, v in zip(by, values))))
+
+
+def conflict_message(dirs: list[Path], label: str) -> str:
+    """Why several runs claim one place (a table cell, a study folder): the config keys of what they train that
+    tell them apart (pass ``--by`` one of them), or, when there are none, that they are the same job run twice,
+    which one is newer and which complete."""
+    first, second = run_config(dirs[0]), run_config(dirs[1])
+    identity = (config_diff.DEFINES, config_diff.EXTENDS)  # what is trained, and for how long
+    differ = sorted(k for k in first.keys() | second.keys()
+                    if first.get(k) != second.get(k) and config_diff.kind(k) in identity)
+    if differ:
+        return (f"{len(dirs)} runs are {label} ({dirs[0]}, {dirs[1]}); their configs differ in "
+                f"{', '.join(differ[:6])}: pass --by {differ[0]} to keep them apart")
+    return duplicate_message(dirs, label)
+
+
+def duplicate_message(dirs: list[Path], label: str) -> str:
+    """The same job run more than once: each run's state and age, the newer named."""
+    newest = max(dirs, key=last_written)
+    described = "; ".join(f"{d} ({result_problem(read_summary(d)) or 'complete'}, last written "
+                          f"{datetime.fromtimestamp(last_written(d)):%Y-%m-%d %H:%M}"
+                          f"{', the newer' if d == newest else ''})" for d in dirs)
+    return (f"the same job ({label}) ran {len(dirs)} times: {described}. A sweep relaunched without "
+            "trainer.resume=auto (or before sweeps continued their folder) repeats its jobs in a new folder; keep "
+            "one: pass only one sweep folder, or move the other run away")
+
+
+def last_written(run_dir: Path) -> float:
+    """When the run last wrote its summary or metrics (0 when it wrote neither)."""
+    times = [(Path(run_dir) / name).stat().st_mtime for name in (SUMMARY, METRICS) if (Path(run_dir) / name).exists()]
+    return max(times, default=0.0)
+
+
+def same_runs(a: Path, b: Path) -> bool:
+    """Two run folders hold the same job (``polycom.config_diff.same_job`` of their config.yaml)."""
+    return config_diff.same_job(run_config(a), run_config(b))
 
 
 def add_by_option(parser) -> None:
@@ -127,6 +174,7 @@ def add_by_option(parser) -> None:
 
 def load_runs_or_exit(parser, roots: list[Path], by: list[str]) -> list[dict]:
     """``load_runs`` for a script: mixed-up or missing runs end it with a usage error naming the problem."""
+    report_skipped(roots)
     try:
         rows = load_runs(roots, by)
     except ValueError as error:
@@ -134,6 +182,16 @@ def load_runs_or_exit(parser, roots: list[Path], by: list[str]) -> list[dict]:
     if not rows:
         parser.error(f"no complete run (summary.json) found under {', '.join(map(str, roots))}")
     return rows
+
+
+def report_skipped(roots: list[Path]) -> list[tuple[Path, str]]:
+    """Print (to stderr) every run folder below ``roots`` that is left out, and why."""
+    skipped = skipped_runs(roots)
+    if skipped:
+        print(f"skipped {len(skipped)} run(s):", file=sys.stderr)
+        for run_dir, reason in skipped:
+            print(f"  {run_dir}: {reason}", file=sys.stderr)
+    return skipped
 
 
 def load_runs(roots: list[Path], by: list[str] = ()) -> list[dict]:

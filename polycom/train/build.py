@@ -35,8 +35,12 @@ def model_config(cfg, tokenizer=None, vocab_size: int | None = None, **fields) -
                   "pad_token_id": pad, **fields}
     elif vocab_size is not None:
         fields = {"vocab_size": vocab_size, **fields}
+    fields = {"document_mask": bool(cfg.data.get("document_mask", False)), **fields}
     return PolyComConfig.from_schema(cfg.model, cfg.activation, **fields)
 
 
 def build_model(cfg, tokenizer=None, vocab_size: int | None = None, **fields) -> PolyComForCausalLM:
-    return PolyComForCausalLM(model_config(cfg, tokenizer, vocab_size, **fields))
+    """The model of a training config, with the config's ``trainer.activation_checkpointing``."""
+    model = PolyComForCausalLM(model_config(cfg, tokenizer, vocab_size, **fields))
+    model.set_activation_checkpointing(cfg.trainer.activation_checkpointing)
+    return model

@@ -9,7 +9,7 @@ consistency between groups) before any model or data is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -49,15 +49,32 @@ class TrainerConfig:
     grad_clip: Optional[float] = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16
     compile: bool = False
+    # what each decoder layer keeps for backward: none | activation (FFN elementwise ops recomputed) | full
+    # (each layer recomputed); polycom.model.checkpointing, memory per mode: scripts/estimate_memory.py
+    activation_checkpointing: str = "none"
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_interval: Optional[int] = 1000
     keep_checkpoints: int = 2
     resume: Optional[str] = None  # null | auto | <checkpoint or run directory>
+    # settings a resume may change although they change what is trained (keys or prefixes, e.g. [seed, data]);
+    # recorded in summary.json. Without them such a resume is refused (polycom.config_diff).
+    resume_allow_changes: List[str] = field(default_factory=list)
     stop_after: Optional[int] = None  # end this session after N steps (checkpointed); resume later
     log_interval: int = 10
     progress_bar: bool = True
     max_consecutive_nonfinite: int = 5
     save_hf: bool = True
+
+
+@dataclass
+class ParallelConfig:
+    """configs/parallel (polycom/train/parallel.py): how the model is spread over the processes."""
+
+    name: str = "ddp"  # ddp | fsdp (FSDP2); one process runs the plain model either way
+    # fsdp only:
+    reshard_after_forward: bool = True  # free a layer's gathered weights after its forward (gathered again in backward)
+    param_dtype: Optional[str] = None  # gathered weights in forward/backward: null = as stored (fp32) | bfloat16
+    reduce_dtype: str = "float32"  # gradient reduce-scatter (DDP's all-reduce is fp32)
 
 
 @dataclass
@@ -94,6 +111,22 @@ class PathsConfig:
 
 
 @dataclass
+class LadderConfig:
+    """A compute-ladder run's rung and budget (configs/ladder/, scripts/ladder.py); empty outside a ladder.
+
+    A rung file holds its tables and the ladder experiment looks this run's values up in them by interpolation
+    (``trainer.max_tokens: ${ladder.budgets.${ladder.budget}}``, ``optim.lr: ${ladder.lr.${activation.name}}``),
+    so a multirun over rungs, budgets, activations and seeds needs no arithmetic in the configs."""
+
+    name: Optional[str] = None  # the ladder (cpu, gpu)
+    rung: Optional[str] = None  # r1 (the smallest), r2, ...
+    params: Optional[int] = None  # the rung's N: non-embedding parameters of its SwiGLU model; budgets are per N
+    budget: Optional[str] = None  # this run's budget, a key of ``budgets``
+    budgets: Dict[str, int] = field(default_factory=dict)  # budget name (t<tokens per parameter>) -> tokens
+    lr: Dict[str, float] = field(default_factory=dict)  # activation -> its peak lr at this rung (the lr rule)
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     seed: int = 0
@@ -104,9 +137,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
 
 
 def _subdir(base: Optional[str], name: str) -> Optional[str]:
@@ -115,7 +150,11 @@ def _subdir(base: Optional[str], name: str) -> Optional[str]:
 
 
 def register_schema() -> None:
-    """Register the schema and the ``subdir`` resolver (idempotent)."""
+    """Register the schema, the ``subdir`` resolver and the sweep-folder resolver of ``polycom.sweeps``
+    (idempotent)."""
+    from polycom.sweeps import register_resolver
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("subdir"):
         OmegaConf.register_new_resolver("subdir", _subdir)
+    register_resolver()

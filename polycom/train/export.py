@@ -1,13 +1,18 @@
 """What a finished run leaves for others: the model in Hugging Face format under ``<run_dir>/hf`` (weights,
 tokenizer, and, through ``save_pretrained``, the model's own code and ``auto_map``) with a model card, and the
-code version recorded in its summary."""
+code version recorded in its summary. The export is the same under one process, DDP and FSDP, and atomic."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+
+from polycom.runs import HF_DIR
 
 
 def code_version() -> str | None:
@@ -56,20 +61,53 @@ The model's code (`modeling.py` and the files it imports) needs only `torch` and
 
 
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper adds to the names of the module's weights
+PARTIAL_SUFFIX = ".tmp"  # hf.tmp: an export being written
 
 
 def export_hf(accelerator: Accelerator, model, tokenizer, run_dir: Path, summary: dict) -> None:
     """The final model, tokenizer and model card under ``<run_dir>/hf`` (collective: every process calls it).
 
-    A ``torch.compile``'d model's state dict names every weight ``_orig_mod.<name>``; the export strips that, or
-    ``from_pretrained`` would find none of its weights and initialise the model at random (with a load report
-    as the only sign)."""
+    The folder is written as ``hf.tmp`` and renamed to ``hf`` when complete, so a crash mid-export never leaves a
+    partial ``hf`` that looks whole (an older ``hf`` is replaced only then).
+
+    The weights are the full state dict (gathered from the shards under FSDP). They are saved through a model of
+    the trained class built on the meta device, not through the trained module: ``save_pretrained`` copies the code
+    of the module's class and names it in ``auto_map``, and under FSDP2 that class is torch's ``FSDP<name>``
+    subclass (whose code is torch's). A ``torch.compile``'d model's state dict names every weight
+    ``_orig_mod.<name>``; the export strips that, or ``from_pretrained`` would find none of its weights and
+    initialise the model at random (with a load report as the only sign)."""
     state_dict = accelerator.get_state_dict(model)  # collective under DeepSpeed/FSDP
     if accelerator.is_main_process:
         state_dict = {name.replace(COMPILED_PREFIX, ""): value for name, value in state_dict.items()}
-        out = Path(run_dir) / "hf"
-        plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-        plain.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        (out / "README.md").write_text(model_card(summary))
+        trained = accelerator.unwrap_model(model, keep_torch_compile=False)
+        with torch.device("meta"):  # no second copy of the weights: only the class, config and code are needed
+            plain = model_class(trained)(trained.config)
+        out = Path(run_dir) / HF_DIR
+        partial = out.with_name(HF_DIR + PARTIAL_SUFFIX)
+        shutil.rmtree(partial, ignore_errors=True)
+        plain.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        (partial / "README.md").write_text(model_card(summary))
+        _publish(partial, out)
     accelerator.wait_for_everyone()
+
+
+def model_class(module) -> type:
+    """The class a model was built as: FSDP2's ``fully_shard`` swaps a module's class for a subclass
+    ``FSDP<name>(FSDPModule, <name>)``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    if issubclass(cls, FSDPModule):
+        cls = next(base for base in cls.__bases__ if base is not FSDPModule)
+    return cls
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Rename the complete ``partial`` folder to ``out``; an existing ``out`` is moved aside first, then removed."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)

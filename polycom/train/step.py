@@ -7,8 +7,22 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
+
+from polycom.model.modeling import causal_lm_loss
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``batch`` on ``device``. To a CUDA device the copy is asynchronous: the host tensor is first copied into
+    pinned (page-locked) memory -- a host-side copy, from PyTorch's caching pinned allocator, which keeps the
+    buffer until the transfer is done -- then sent with ``non_blocking=True``, so the host does not wait for
+    the GPU to drain its queue before every micro-batch. Elsewhere (CPU) it is a plain ``.to(device)``."""
+    device = torch.device(device)
+    if device.type != "cuda" or batch.device.type != "cpu":
+        return batch.to(device)
+    if not batch.is_pinned():
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -29,10 +43,10 @@ def validation_loss(model, blocks: torch.Tensor, batch_size: int, accelerator: A
         weight = 1.0 if len(batch) else 0.0
         if not len(batch):
             batch = blocks[:1]
-        batch = batch.to(accelerator.device)
+        batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
             logits = model(input_ids=batch).logits
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
+        nll = causal_lm_loss(logits, batch, reduction="sum")
         totals[0] += weight * nll.double()
         totals[1] += weight * batch[:, 1:].numel()
     model.train(was_training)
@@ -55,13 +69,15 @@ def train_step(model, optimizer, accelerator: Accelerator, micro_batches: list[t
     Gradients are synchronised across processes only on the last micro-batch. Each micro-batch's loss is
     divided by their number, so with equal-sized micro-batches the update equals one step on the mean
     loss of the whole global batch. A non-finite loss or gradient norm skips the update; every process
-    sees the same (all-reduced) norm and so takes the same decision.
+    sees the same (all-reduced) norm and so takes the same decision. That decision is the step's only wait
+    for the device (one ``bool`` of a device tensor): the forward and backward passes (dense, or MoE on the
+    grouped_mm path) and the batch copies queue work without synchronising the host.
     """
     accum = len(micro_batches)
     lm_loss = torch.zeros((), device=accelerator.device)
     aux: dict = {}
     for i, batch in enumerate(micro_batches):
-        batch = batch.to(accelerator.device)
+        batch = to_device(batch, accelerator.device)
         sync = contextlib.nullcontext() if i == accum - 1 else accelerator.no_sync(model)
         with sync, accelerator.autocast():
             out = model(input_ids=batch, labels=batch)
@@ -72,7 +88,7 @@ def train_step(model, optimizer, accelerator: Accelerator, micro_batches: list[t
                 aux[key] = aux.get(key, 0.0) + getattr(out, key).detach() / accum
             aux["expert_load"] = out.expert_load
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(lm_loss))
+    finite = bool(torch.isfinite(grad_norm).logical_and(torch.isfinite(lm_loss)))  # one host sync per step
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from polycom.runs import METRICS
+from polycom.runs import METRICS, run_name
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,34 @@ class WandbSink:
 SINKS = {"wandb": WandbSink}  # logger.name -> sink beside metrics.jsonl ("none": metrics.jsonl only)
 
 
+def default_run_name(cfg) -> str:
+    """The run's name when ``logger.run_name`` is unset: ``polycom.runs.run_name`` with the activation's settings
+    that differ from the defaults (``polyrelu-r2-s0`` for order 2, ``polynorm-s0-eps1e-05`` for another eps)."""
+    from polycom.model.activations import get_activation
+    from polycom.model.config import ActivationSchema
+
+    act = cfg.activation
+    polycom = get_activation(act.name).polycom
+    variant = f"eps{act.eps:g}" if polycom and act.eps != ActivationSchema.eps else None
+    return run_name(act.name, cfg.seed, act.order if polycom else None, variant)
+
+
+def run_group(cfg, hydra_cfg=None) -> str:
+    """The W&B group: ``logger.group`` when set (the experiment files set it); the jobs of a Hydra sweep share
+    ``<task_name>-<sweep folder>``; a single run gets ``<task_name>-<model>-<data>``, the config group choices
+    (``train-cpu_small-embedded``) when Hydra composed the config (``hydra_cfg``), else its size and source."""
+    if cfg.logger.group:
+        return cfg.logger.group
+    from hydra.types import RunMode
+
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{cfg.task_name}-{Path(str(hydra_cfg.sweep.dir)).name}"
+    choices = dict(hydra_cfg.runtime.choices) if hydra_cfg is not None else {}
+    model = choices.get("model") or f"d{cfg.model.hidden_size}x{cfg.model.num_hidden_layers}"
+    data = choices.get("data") or cfg.data.source
+    return f"{cfg.task_name}-{model}-{data}"
+
+
 class MetricsLogger:
     """Fans every record out to ``metrics.jsonl`` and the configured logger (rank 0 only)."""
 
@@ -105,6 +133,8 @@ class MetricsLogger:
             return
         self.sinks.append(JsonlSink(run_dir, resume_step))
         if logger_cfg.name in SINKS and logger_cfg.mode != "disabled":
+            log.info("%s run %s in group %s (project %s, %s)", logger_cfg.name, run_name, group, logger_cfg.project,
+                     os.environ.get("WANDB_MODE", logger_cfg.mode))
             self.sinks.append(SINKS[logger_cfg.name](Path(run_dir), logger_cfg, run_name, group, config))
 
     def log(self, record: dict) -> None:

@@ -8,14 +8,12 @@ and the model in Hugging Face format under ``<run_dir>/hf``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
@@ -23,32 +21,23 @@ from tqdm.auto import tqdm
 from polycom.data import batched, build_tokenizer, train_blocks, validation_blocks
 from polycom.model.activations import get_activation
 from polycom.model.stats import count_parameters, flops_per_token
-from polycom.runs import SUMMARY, RunSummary, is_result_metric, run_name
+from polycom.runs import RunSummary, is_result_metric
 from polycom.train import checkpoint as ckpt
 from polycom.train import hooks
 from polycom.train.build import build_model
-from polycom.train.export import code_version, export_hf
+from polycom.train.export import code_version
+from polycom.train.finish import finish_run, finished_summary
 from polycom.train.hooks import NonFiniteLossError, StepContext, TrainState, perplexity
 from polycom.train.metrics import device_peak_flops
 from polycom.train.optim import build_optimizer
+from polycom.train.parallel import build_accelerator
 from polycom.train.resume import resolve_resume, schedule_change
 from polycom.train.schedule import Schedule
 from polycom.train.step import train_step
-from polycom.train.tracking import MetricsLogger
+from polycom.train.tracking import MetricsLogger, default_run_name, run_group
 from polycom.train.validate import ConfigError, validate_config
 
 log = logging.getLogger(__name__)
-
-
-def build_accelerator(trainer_cfg) -> Accelerator:
-    cpu = trainer_cfg.device == "cpu" or (trainer_cfg.device == "auto" and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision=trainer_cfg.mixed_precision)
-
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 def _resume_state(accelerator, folder: Path, schedule: Schedule) -> TrainState:
@@ -70,12 +59,17 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     started = time.time()
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     validate_config(cfg, launched_world)
-    accelerator = build_accelerator(cfg.trainer)
+    accelerator = build_accelerator(cfg.trainer, cfg.parallel)
     world, is_main = accelerator.num_processes, accelerator.is_main_process
     if world != launched_world:  # e.g. `accelerate launch --cpu` silently starting independent processes
         raise RuntimeError(f"the launcher started {launched_world} processes but Accelerate sees {world}; on CPU "
                            "launch with --multi_gpu and ACCELERATE_USE_CPU=true (README, several processes)")
-    run_dir, resume_from = resolve_resume(cfg, Path(run_dir))
+    plan = resolve_resume(cfg, Path(run_dir))  # a resume that changes what is trained stops here
+    run_dir, resume_from = plan.run_dir, plan.checkpoint
+    finished = finished_summary(cfg, run_dir, resume_from)
+    if finished is not None:
+        accelerator.end_training()
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
@@ -98,22 +92,14 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     steps = schedule.total_steps
     state = _resume_state(accelerator, resume_from, schedule) if resume_from is not None else TrainState()
     start_step, wall_before = state.step, state.wall_seconds  # wall time of earlier (interrupted) sessions
-    if start_step > steps:
-        raise ConfigError(f"{resume_from} is at step {start_step}, past the {steps} steps this config trains "
-                          "(trainer.max_steps / trainer.max_tokens): raise the budget or resume an earlier checkpoint")
-    finished = run_dir / SUMMARY
-    if start_step == steps and finished.exists() and json.loads(finished.read_text()).get("complete"):
-        log.info("%s: already trained to step %d, nothing to do; summary in %s", run_dir, steps, finished)
-        accelerator.end_training()
-        return json.loads(finished.read_text())
     stream = train_blocks(cfg.data, tokenizer, tc.seq_len, seed=cfg.seed, rank=accelerator.process_index,
                           world_size=world, start_block=start_step * accum * tc.micro_batch_size)
     batches = batched(stream, tc.micro_batch_size)
 
     has_order = get_activation(cfg.activation.name).polycom
-    name = cfg.logger.run_name or run_name(cfg.activation.name, cfg.seed)
+    name = cfg.logger.run_name or default_run_name(cfg)
     # lines past the starting step are from an interrupted session (or one that never checkpointed): dropped
-    logger = MetricsLogger(run_dir, cfg.logger, name, cfg.logger.group or wandb_group or cfg.task_name,
+    logger = MetricsLogger(run_dir, cfg.logger, name, cfg.logger.group or wandb_group or run_group(cfg),
                            {**OmegaConf.to_container(cfg, resolve=True), "run_dir": str(run_dir),
                             **counts.as_summary()}, enabled=is_main, resume_step=start_step)
     if is_main:
@@ -123,7 +109,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
 
     def save(keep: bool) -> None:
         state.wall_seconds = wall_before + time.time() - started
-        trainer_state = {**state.to_dict(), "schedule": schedule.to_dict(), "keep": keep}
+        trainer_state = {**state.to_dict(), "schedule": schedule.to_dict(), "keep": keep, **plan.record}
         ckpt.save_checkpoint(accelerator, run_dir, state.step, trainer_state, tc.keep_checkpoints)
 
     def evaluate_downstream() -> dict:
@@ -140,14 +126,18 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     validation = hooks.Validation(cfg.eval.interval, state, model, val_blocks, cfg.eval.batch_size, accelerator)
     downstream = hooks.DownstreamEval(cfg.eval.downstream_interval, state, evaluate_downstream)
     metrics_log = hooks.MetricsLog(logger, accelerator)
+    data_stats = hooks.DataStats(tc.log_interval, stream, accelerator, steps, tokens_per_step)
     step_hooks = [
         hooks.NonFiniteGuard(state, tc.max_consecutive_nonfinite),
         hooks.TrainMetrics(tc.log_interval, state, accelerator, model, tokens_per_step, model_flops,
                            device_peak_flops(accelerator.device), progress),
+        data_stats,
+        hooks.TimeEstimate(start_step, steps, tokens_per_step, accelerator),
         validation,
         *([downstream] if cfg.eval.downstream else []),
         metrics_log,
         hooks.StopAfter(tc.stop_after, start_step),
+        hooks.GracefulStop(accelerator),  # SIGINT/SIGTERM/SIGUSR1 (polycom.train.signals): pause, checkpointed
         hooks.Checkpointing(tc.checkpoint_interval, schedule.decay_start, save),
     ]
     model.train()
@@ -169,33 +159,26 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
         raise
     progress.close()
 
-    summary = RunSummary(
-        activation=cfg.activation.name, activation_order=cfg.activation.order if has_order else None, seed=cfg.seed,
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        ffn_hidden_size=model_config.moe_intermediate_size if model_config.is_moe else model_config.intermediate_size,
-        vocab_size=model_config.vocab_size, **counts.as_summary(), tokens=state.tokens, steps=state.step,
-        val_loss=validation.val_loss, val_ppl=perplexity(validation.val_loss), val_tokens=int(val_blocks.numel()),
-        final_train_loss=metrics_log.last_record.get("loss"), nonfinite_steps=state.nonfinite_steps,
-        schedule_changed_at_step=state.schedule_changed_at_step, complete=state.step == steps,
-        wall_seconds=wall_before + time.time() - started, world_size=world, run_dir=str(run_dir),
-        code_version=code_version(), downstream_error=downstream.error,
-        metrics={k: v for k, v in metrics_log.last_record.items() if is_result_metric(k)},
-    ).to_dict()
-    if tc.save_hf and summary["complete"]:
-        export_hf(accelerator, model, tokenizer, run_dir, summary)
-    if is_main:
-        _atomic_json(finished, summary)
-        logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        logger.close(0)
-        if validation.val_loss is not None:
-            log.info("%s: validation loss %.4f (perplexity %.2f) after %s tokens; summary in %s", name,
-                     validation.val_loss, summary["val_ppl"], f"{state.tokens:,}", finished)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if downstream.error:
-        raise RuntimeError(f"downstream evaluation failed ({downstream.error}); the run's checkpoint, model and "
-                           f"summary are in {run_dir}: evaluate it with scripts/evaluate.py run_dir={run_dir}")
-    return summary
+    def summarize() -> dict:
+        return RunSummary(
+            activation=cfg.activation.name, activation_order=cfg.activation.order if has_order else None,
+            seed=cfg.seed, model=OmegaConf.to_container(cfg.model, resolve=True),
+            ffn_hidden_size=(model_config.moe_intermediate_size if model_config.is_moe
+                             else model_config.intermediate_size),
+            vocab_size=model_config.vocab_size, **counts.as_summary(), tokens=state.tokens, steps=state.step,
+            val_loss=validation.val_loss, val_ppl=perplexity(validation.val_loss),
+            val_tokens=int(val_blocks.numel()),
+            final_train_loss=metrics_log.last_record.get("loss"), nonfinite_steps=state.nonfinite_steps,
+            schedule_changed_at_step=state.schedule_changed_at_step, complete=state.step == steps,
+            wall_seconds=wall_before + time.time() - started, world_size=world, run_dir=str(run_dir),
+            code_version=code_version(), downstream_error=downstream.error, planned_steps=steps,
+            config_changes=plan.config_changes, data=data_stats.summary,
+            metrics={k: v for k, v in metrics_log.last_record.items() if is_result_metric(k)},
+        ).to_dict()
+
+    return finish_run(cfg, run_dir, accelerator, model, tokenizer, logger, steps=steps, start_step=start_step,
+                      summarize=summarize, final_hooks=[validation, *([downstream] if cfg.eval.downstream else [])],
+                      metrics_log=metrics_log, downstream=downstream)
 
 
 __all__ = ["train", "ConfigError", "NonFiniteLossError"]

@@ -1,9 +1,18 @@
 """Checks of a composed training config that types alone cannot express, run before anything is built.
 
-Each failure raises ``ConfigError`` whose message names the config key, the value and what is valid.
+Each failure raises ``ConfigError`` whose message names the config key, the value and what is valid. The schema
+(``polycom.train.config``) already refuses unknown keys while Hydra composes, except those added with ``+key=`` or
+``++key=`` (Hydra's own advice for a key it does not know): ``check_known_keys`` refuses those, with the closest
+known key (``suggest``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import difflib
+from functools import lru_cache
+
+from omegaconf import DictConfig, OmegaConf
 
 from polycom.model.config import check_schema
 from polycom.train.tracking import SINKS
@@ -23,7 +32,78 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@lru_cache(maxsize=1)
+def schema_keys() -> tuple[str, ...]:
+    """Every dotted key of the training config schema (``trainer.max_steps``, ``model.hidden_size``, ...)."""
+    from polycom.train.config import TrainConfig
+
+    keys = []
+
+    def walk(node, prefix):
+        for key in node:
+            keys.append(prefix + key)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+                walk(child, f"{prefix}{key}.")
+
+    walk(OmegaConf.structured(TrainConfig), "")
+    return tuple(keys)
+
+
+def suggest(key: str) -> str | None:
+    """The schema key(s) closest to an unknown ``key``: a near spelling in the same section (``trainer.max_step`` ->
+    ``trainer.max_steps``), else the same name in other sections (``trainer.lr`` -> ``optim.lr``, or several joined
+    by "or"), else a near spelling anywhere; None when nothing is close."""
+    known = schema_keys()
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"{parent}.{close[0]}" if parent else close[0]
+    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return " or ".join(elsewhere)
+    sections = {key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)}  # the key's own sections: no news
+    close = difflib.get_close_matches(key, [k for k in known if k not in sections], n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def unknown_key_message(key: str) -> str:
+    hint = suggest(key)
+    return f"{key} is not a config key" + (f"; did you mean {hint}?" if hint else
+                                           " (the keys are listed in polycom/train/config.py)")
+
+
+def check_known_keys(cfg) -> None:
+    """Refuse keys the schema does not declare (added with ``+key=`` on the command line)."""
+
+    def walk(node, prefix):
+        fields = {f.name for f in dataclasses.fields(OmegaConf.get_type(node))}
+        for key in node:
+            if key not in fields:
+                raise ConfigError(unknown_key_message(prefix + key))
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+                walk(child, f"{prefix}{key}.")
+
+    if dataclasses.is_dataclass(OmegaConf.get_type(cfg)):
+        walk(cfg, "")
+
+
+def _batch_fix(trainer, world_size: int) -> str:
+    """How to make the global batch divisible: the next multiple, or a micro-batch that divides it."""
+    per_step = trainer.micro_batch_size * world_size
+    fixes = [f"set trainer.global_batch_size={max(1, -(-trainer.global_batch_size // per_step)) * per_step} "
+             f"(any multiple of {per_step})"]
+    if trainer.global_batch_size > 0 and trainer.global_batch_size % world_size == 0:
+        per_process = trainer.global_batch_size // world_size
+        micro = max(m for m in range(1, min(trainer.micro_batch_size, per_process) + 1) if per_process % m == 0)
+        fixes.append(f"trainer.micro_batch_size={micro} (it must divide global_batch_size / processes = {per_process})")
+    return " or ".join(fixes)
+
+
 def validate_config(cfg, world_size: int = 1) -> None:
+    check_known_keys(cfg)
     act, model, trainer, optim, sched, ev = cfg.activation, cfg.model, cfg.trainer, cfg.optim, cfg.schedule, cfg.eval
 
     try:
@@ -42,7 +122,11 @@ def validate_config(cfg, world_size: int = 1) -> None:
     per_step = trainer.micro_batch_size * world_size
     _check(trainer.global_batch_size > 0 and trainer.global_batch_size % per_step == 0,
            f"trainer.global_batch_size={trainer.global_batch_size} is not a multiple of trainer.micro_batch_size="
-           f"{trainer.micro_batch_size} x {world_size} process(es) = {per_step}")
+           f"{trainer.micro_batch_size} x {world_size} process(es) = {per_step}: {_batch_fix(trainer, world_size)}")
+    from polycom.model.checkpointing import CHECKPOINTING_MODES
+
+    _check(trainer.activation_checkpointing in CHECKPOINTING_MODES,
+           f"trainer.activation_checkpointing={trainer.activation_checkpointing!r}; valid: {', '.join(CHECKPOINTING_MODES)}")
     _check(trainer.mixed_precision in MIXED_PRECISION,
            f"trainer.mixed_precision={trainer.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
     _check(trainer.device in DEVICES, f"trainer.device={trainer.device!r}; valid: {', '.join(DEVICES)}")
@@ -103,6 +187,6 @@ def validate_config(cfg, world_size: int = 1) -> None:
     from polycom.data.config import validate_data_config
 
     try:
-        validate_data_config(cfg.data)
+        validate_data_config(cfg.data, cfg.tokenizer)
     except ValueError as err:
         raise ConfigError(str(err)) from err

@@ -1,0 +1,255 @@
+"""Scaling laws of a compute ladder (numpy/scipy only): loss against compute, loss against parameters and data,
+the compute multiplier of one activation against another, and a bootstrap over seeds.
+
+- ``PowerLaw``: ``L(C) = E + A * C**-alpha``, fitted by variable projection: for a given ``alpha`` the law is linear
+  in ``(E, A)``, solved in closed form (``E >= 0``, ``A >= 0``), and ``alpha`` is searched on a log grid and refined
+  by a bounded scalar search. Compute is scaled by a reference (the data's geometric mean) so nothing overflows.
+- ``Chinchilla``: ``L(N, D) = E + A * N**-alpha + B * D**-beta`` (Hoffmann et al. 2022, approach 3: Huber loss, delta
+  1e-3, on log losses, from a grid of starting points).
+- ``compute_multiplier``: the compute the baseline would need to reach a loss (its law inverted), divided by the
+  compute that reached it. Infinite when the loss is below the baseline's fitted floor ``E``.
+- ``trend``: least-squares slope of log(multiplier) against log(compute).
+- ``bootstrap_cells``: a bootstrap over seeds: each cell's seed residuals (scaled to unbiased variance, widened to t
+  quantiles), pooled over an activation's cells, drawn paired across the activations of a rung and budget (runs of
+  one seed see the same data order). With 2-3 seeds per cell the plain percentile bootstrap is far too narrow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+ALPHA_RANGE = (1e-3, 3.0)
+
+
+# ---- L(C) = E + A C^-alpha --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PowerLaw:
+    """``L(C) = E + a * (C / c_ref) ** -alpha``; ``A = a * c_ref ** alpha`` in the usual form."""
+
+    E: float
+    a: float
+    alpha: float
+    c_ref: float
+
+    @property
+    def A(self) -> float:
+        return self.a * self.c_ref**self.alpha
+
+    def __call__(self, compute):
+        return self.E + self.a * (np.asarray(compute, dtype=float) / self.c_ref) ** -self.alpha
+
+    def inverse(self, loss):
+        """The compute at which the law reaches ``loss``; inf at or below the floor ``E`` (never reached)."""
+        loss = np.asarray(loss, dtype=float)
+        excess = loss - self.E
+        with np.errstate(divide="ignore", invalid="ignore"):
+            compute = self.c_ref * (excess / self.a) ** (-1.0 / self.alpha)
+        return np.where((excess > 0) & (self.a > 0), compute, np.inf)
+
+    def to_dict(self) -> dict:
+        return {"E": self.E, "A": self.A, "alpha": self.alpha, "form": "L(C) = E + A * C^-alpha"}
+
+
+def _linear_fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each alpha: least-squares E >= 0, a >= 0 of y = E + a exp(-alpha x); returns (sse, E, a) per alpha."""
+    z = np.exp(-np.outer(alphas, x))  # (alphas, points)
+    zm, ym = z.mean(1), y.mean()
+    szz = ((z - zm[:, None]) ** 2).sum(1)
+    szy = ((z - zm[:, None]) * (y - ym)).sum(1)
+    a = np.where(szz > 0, szy / np.where(szz > 0, szz, 1.0), 0.0)
+    E = ym - a * zm
+    # the constrained solutions where the free one leaves the region: E = 0 (a free) or a = 0 (E = mean)
+    a_e0 = np.clip((z * y).sum(1) / (z * z).sum(1), 0.0, None)
+    bad = E < 0
+    a, E = np.where(bad, a_e0, a), np.where(bad, 0.0, E)
+    neg = a < 0
+    a, E = np.where(neg, 0.0, a), np.where(neg, max(ym, 0.0), E)
+    sse = ((E[:, None] + a[:, None] * z - y) ** 2).sum(1)
+    return sse, E, a
+
+
+def fit_power_law(compute, loss) -> PowerLaw:
+    """Least squares of ``L(C) = E + A C^-alpha`` (E >= 0, A >= 0, alpha in ALPHA_RANGE); needs >= 3 points at
+    >= 2 distinct computes. With 3 points the law passes through them: no residual is left to judge the fit."""
+    c, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    if c.size < 3 or np.unique(c).size < 2:
+        raise ValueError(f"a power law L(C) needs >= 3 points at >= 2 computes, got {c.size}")
+    c_ref = float(np.exp(np.log(c).mean()))
+    x = np.log(c / c_ref)
+    grid = np.geomspace(*ALPHA_RANGE, 400)
+    sse, _, _ = _linear_fit(x, y, grid)
+    i = int(np.argmin(sse))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    best = optimize.minimize_scalar(lambda al: _linear_fit(x, y, np.array([al]))[0][0], bounds=(lo, hi),
+                                    method="bounded", options={"xatol": 1e-10})
+    alpha = float(best.x) if best.fun <= sse[i] else float(grid[i])
+    _, E, a = _linear_fit(x, y, np.array([alpha]))
+    return PowerLaw(E=float(E[0]), a=float(a[0]), alpha=alpha, c_ref=c_ref)
+
+
+# ---- L(N, D) = E + A N^-alpha + B D^-beta -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chinchilla:
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+
+    def __call__(self, params, tokens):
+        n, d = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
+        return self.E + self.A * n**-self.alpha + self.B * d**-self.beta
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "form": "L(N, D) = E + A * N^-alpha + B * D^-beta"}
+
+
+def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chinchilla:
+    """Hoffmann et al. (2022) approach 3: minimise the Huber loss (delta 1e-3) of log L_hat - log L, with
+    ``L_hat = exp(e) + exp(a - alpha log N) + exp(b - beta log D)`` (so E, A, B > 0), from a grid of 8 starts, or from
+    ``start`` alone (a bootstrap replicate starting at the full data's fit). log N and log D are centred on their
+    means in the parametrisation (a and alpha would otherwise be almost collinear). Needs >= 6 points with >= 2
+    distinct N and >= 2 distinct D (5 parameters)."""
+    n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
+    if y.size < 6 or np.unique(n).size < 2 or np.unique(d).size < 2:
+        raise ValueError(f"L(N, D) needs >= 6 points over >= 2 N and >= 2 D, got {y.size}")
+    mn, md = np.log(n).mean(), np.log(d).mean()
+    ln_n, ln_d, ln_y = np.log(n) - mn, np.log(d) - md, np.log(y)
+
+    def terms(p):
+        e, a, alpha, b, beta = p
+        return np.stack([np.full_like(ln_n, e), a - alpha * ln_n, b - beta * ln_d])
+
+    def residuals(p):
+        return np.logaddexp.reduce(terms(p), axis=0) - ln_y
+
+    def jacobian(p):
+        t = terms(p)
+        w = np.exp(t - np.logaddexp.reduce(t, axis=0))  # each term's share of L_hat
+        return np.stack([w[0], w[1], -w[1] * ln_n, w[2], -w[2] * ln_d], axis=1)
+
+    if start is not None:  # a = ln A - alpha * mean ln N in the centred parametrisation
+        starts = [[math.log(start.E), math.log(start.A) - start.alpha * mn, start.alpha,
+                   math.log(start.B) - start.beta * md, start.beta]]
+    else:
+        starts = []
+        for floor in (0.5, 0.9):  # E as a share of the lowest loss; the rest split between the two terms
+            rest = math.log(max(y.min() * (1 - floor) / 2, 1e-3))
+            for alpha0 in (0.2, 0.5):
+                for beta0 in (0.2, 0.5):
+                    starts.append([math.log(y.min() * floor), rest, alpha0, rest, beta0])
+    best = None
+    for p0 in starts:
+        fit = optimize.least_squares(residuals, p0, jac=jacobian, loss="huber", f_scale=1e-3, x_scale="jac",
+                                     bounds=([-10, -50, 0.0, -50, 0.0], [10, 50, 3.0, 50, 3.0]))
+        if best is None or fit.cost < best.cost:
+            best = fit
+    e, a, alpha, b, beta = best.x
+    return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a + alpha * mn)), alpha=float(alpha),
+                      B=float(np.exp(b + beta * md)), beta=float(beta))
+
+
+# ---- multiplier and its trend -----------------------------------------------------------------------------------
+def compute_multiplier(baseline: PowerLaw, loss, compute):
+    """``baseline.inverse(loss) / compute``: > 1 when ``loss`` was reached with less compute than the baseline needs."""
+    return baseline.inverse(loss) / np.asarray(compute, dtype=float)
+
+
+def trend(compute, multiplier) -> float:
+    """Least-squares slope of ln(multiplier) on ln(compute): the multiplier grows by a factor e^slope per e-fold of
+    compute (x 10^slope per decade). nan when a multiplier is not finite or fewer than 2 computes."""
+    c, m = np.asarray(compute, dtype=float), np.asarray(multiplier, dtype=float)
+    if c.size < 2 or not np.all(np.isfinite(m)) or np.any(m <= 0):
+        return math.nan
+    x, y = np.log(c), np.log(m)
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+# ---- intervals ---------------------------------------------------------------------------------------------------
+def percentile_interval(samples, level: float = 0.95) -> tuple[float, float]:
+    """Equal-tailed interval of bootstrap samples (no interpolation, so infinite samples stay inf); nan samples are
+    dropped. (nan, nan) when none is left."""
+    s = np.asarray(samples, dtype=float)
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(s, [tail, 1 - tail], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def bootstrap_p_value(samples, null: float = 0.0) -> float:
+    """Two-sided p-value of ``null`` by inverting the percentile interval: 2 x the smaller share of bootstrap
+    samples on either side of it (at least 1 / n), 1 at most; nan samples are dropped."""
+    s = np.asarray(samples, dtype=float)
+    s = s[~np.isnan(s)]
+    if s.size == 0:
+        return math.nan
+    share = min((s <= null).mean(), (s >= null).mean())
+    return float(min(1.0, max(2 * share, 1.0 / s.size)))
+
+
+def bootstrap_cells(cells: dict, rng: np.random.Generator, replicates: int, pooled: bool = True):
+    """Yield ``replicates`` resampled versions of ``cells``: ``{(group, activation): {seed: loss}}`` ->
+    ``{(group, activation): mean loss}``. A group is a rung and budget; a cell's seeds saw the same data order as the
+    other activations' runs of those seeds in its group.
+
+    ``pooled`` (default): a residual bootstrap over seeds. A run's residual is its loss minus its cell's mean, scaled
+    by sqrt(n / (n - 1)) (n: the cell's seeds) so that its variance is the seed variance; a replicate gives each cell
+    its mean plus the mean of n residuals drawn from all of that activation's cells (its seed noise pooled over rungs
+    and budgets: 2-3 seeds per cell alone leave a percentile interval far too narrow), widened by
+    t(0.975, df) / z(0.975) with df the pooled degrees of freedom (runs minus cells), so that the percentile interval
+    of a mean has the width of its t interval. Pairing: in each group, the n draws are (group, seed) sources shared
+    by all its activations, so runs of one seed stay paired; an activation lacking a source draws from its own
+    residuals instead.
+
+    Not pooled: seed labels resampled within each group (the same labels for all its activations), each cell's
+    deviation from its mean scaled by sqrt(n / (n - 1)); a cell of one seed never moves."""
+    groups: dict = {}
+    for (group, act), by_seed in cells.items():
+        groups.setdefault(group, {})[act] = by_seed
+    means = {key: float(np.mean(list(v.values()))) for key, v in cells.items()}
+    residual = {}  # (group, act, seed) -> scaled residual
+    for (group, act), by_seed in cells.items():
+        n = len(by_seed)
+        if n > 1:
+            for seed, loss in by_seed.items():
+                residual[(group, act, seed)] = (loss - means[(group, act)]) * math.sqrt(n / (n - 1))
+    own: dict = {}
+    for (group, act, seed), r in residual.items():
+        own.setdefault(act, []).append(r)
+    if pooled:  # t with the pooled degrees of freedom over the normal quantile (df: runs - cells with >= 2 seeds)
+        for act, values in own.items():
+            df = len(values) - sum(1 for (g, a), v in cells.items() if a == act and len(v) > 1)
+            widen = stats.t.ppf(0.975, df) / stats.norm.ppf(0.975)
+            for key in [k for k in residual if k[1] == act]:
+                residual[key] *= widen
+            own[act] = [r * widen for r in values]
+    own = {act: np.array(v) for act, v in own.items()}
+    sources = sorted({(g, s) for (g, _, s) in residual})
+    for _ in range(replicates):
+        out = {}
+        for group, acts in groups.items():
+            size = max(len(v) for v in acts.values())
+            if pooled:
+                drawn = [sources[i] for i in rng.choice(len(sources), size=size)] if sources else []
+            else:
+                labels = sorted({s for v in acts.values() for s in v})
+                drawn = [(group, labels[i]) for i in rng.choice(len(labels), size=len(labels))]
+            for act, by_seed in acts.items():
+                n, key = len(by_seed), (group, act)
+                if n < 2 and not pooled or act not in own:
+                    out[key] = means[key]
+                    continue
+                picked = [residual[(g, act, s)] for g, s in drawn if (g, act, s) in residual][:n]
+                if pooled:
+                    picked += list(rng.choice(own[act], size=n - len(picked))) if len(picked) < n else []
+                elif not picked:
+                    picked = [residual[(group, act, s)] for s in rng.choice(sorted(by_seed), size=n)]
+                out[key] = means[key] + float(np.mean(picked))
+        yield out

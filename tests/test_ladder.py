@@ -1,0 +1,343 @@
+"""The compute ladder: its configs (rung tables, recipe, sweep), the scaling-law fits and bootstrap, the lr rule, and
+``scripts/ladder.py fit/report/lr/plan`` on runs generated from known laws (a constant multiplier and a growing one)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import REPO_ROOT
+from polycom.report import ladder, scaling
+from polycom.train.build import compose_config
+from scripts_loader import load_script
+
+V, SEQ = 4096, 256
+STEP = 16 * SEQ  # the CPU ladder's tokens per step
+
+
+# ---- generated runs ---------------------------------------------------------------------------------------------
+E, ALPHA, A_LINE = 2.0, 0.25, {"t5": 3300.0, "t20": 3000.0}  # the baseline's L(C) per budget line
+K_CONST = 2.0  # polynorm: a constant multiplier
+
+
+def growing(c):  # gelu: a multiplier growing as C^0.15
+    return 0.7 * (c / 1e13) ** 0.15
+
+
+def baseline_loss(c, budget):
+    return E + A_LINE[budget] * c**-ALPHA
+
+
+def true_multiplier(act, c):
+    return {"swiglu": 1.0, "polynorm": K_CONST, "gelu": growing(c)}[act]
+
+
+TPS = {"swiglu": 10000.0, "polynorm": 9000.0, "gelu": 11000.0}
+
+
+def write_run(folder, act, seed, rung, budget, loss, tokens, lr=2e-3, order=None):
+    d, layers, heads, width = rung.dims
+    n_matmul = rung.params + V * d  # non-embedding + the LM head
+    summary = {"activation": act, "activation_order": order, "seed": seed, "complete": True, "vocab_size": V,
+               "model": {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads,
+                         "intermediate_size": width, "max_position_embeddings": SEQ, "tie_word_embeddings": False},
+               "num_params": rung.params + 2 * V * d, "num_params_embedding": V * d, "num_params_matmul": n_matmul,
+               "tokens": tokens, "val_loss": loss}
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml({"trainer": {"seq_len": SEQ}, "optim": {"lr": lr},
+                                                           "ladder": {"name": "cpu", "rung": rung.name,
+                                                                      "budget": budget}}))
+    tps = TPS[act]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "tokens": i * STEP, "tokens_per_s": v}) + "\n"
+                                                  for i, v in enumerate([tps / 3, tps, tps * 1.01, tps * 0.99])))
+
+
+def compute_of(rung, tokens):
+    d, layers = rung.dims[:2]
+    return ladder.flops_per_token(rung.params + V * d, layers, d, SEQ) * tokens
+
+
+def make_study(root, noise=0.004, seed=0, seeds_per_cell=3):
+    rng = np.random.default_rng(seed)
+    rungs = ladder.ladder_rungs("cpu")
+    for rung in rungs.values():
+        for budget in ("t5", "t20"):
+            tokens = rung.budgets[budget]
+            c = compute_of(rung, tokens)
+            for act in ("swiglu", "polynorm", "gelu"):
+                clean = baseline_loss(true_multiplier(act, c) * c, budget)
+                for s in range(seeds_per_cell):
+                    write_run(root / "runs" / f"{act}-{rung.name}-{budget}-s{s}", act, s, rung, budget,
+                              clean + rng.normal(0, noise), tokens)
+    return rungs
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    study = tmp_path_factory.mktemp("study")
+    make_study(study)
+    load_script("ladder").main(["report", str(study), "--replicates", "300", "--chinchilla-replicates", "40"])
+    return study, json.loads((study / ladder.FIT_FILE).read_text())
+
+
+def test_fit_recovers_a_constant_and_a_growing_multiplier_within_their_intervals(fitted):
+    study, result = fitted
+    for act in ("polynorm", "gelu"):
+        cells = result["activations"][act]["cells"]
+        assert len(cells) == 8  # 4 rungs x 2 budgets
+        covered = [c["multiplier_ci95"][0] <= true_multiplier(act, c["compute"]) <= c["multiplier_ci95"][1]
+                   for c in cells]
+        assert sum(covered) >= 7, (act, [(c["multiplier"], c["multiplier_ci95"]) for c in cells])
+        for c in cells:  # and the point estimate is close
+            assert c["multiplier"] == pytest.approx(true_multiplier(act, c["compute"]), rel=0.1)
+    for budget in ("t5", "t20"):
+        const = result["activations"]["polynorm"]["trend"][budget]
+        grow = result["activations"]["gelu"]["trend"][budget]
+        assert const["slope_ci95"][0] <= 0.0 <= const["slope_ci95"][1] and const["p_value"] > 0.05, const
+        assert grow["slope_ci95"][0] <= 0.15 <= grow["slope_ci95"][1] and grow["p_value"] < 0.01, grow
+        assert grow["per_decade"] == pytest.approx(grow["slope"] * math.log(10))
+
+
+def test_wall_clock_multiplier_uses_the_measured_tokens_per_s(fitted):
+    _, result = fitted
+    for c in result["activations"]["polynorm"]["cells"]:
+        # equal FLOPs per token here, so time multiplier = multiplier x (9000 / 10000 tokens/s)
+        assert c["tokens_per_s"] == pytest.approx(9000.0)
+        assert c["wall_clock_multiplier"] == pytest.approx(c["multiplier"] * 0.9, rel=1e-3)
+
+
+def test_extrapolated_gap_and_how_far_it_reaches(fitted):
+    study, result = fitted
+    ex = result["extrapolation"]
+    c_max = max(compute_of(r, r.budgets["t20"]) for r in ladder.ladder_rungs("cpu").values())
+    assert ex["decades_beyond_data"] == pytest.approx(math.log10(2.58e21 / c_max))
+    target = ex["target"]["compute"]
+    for budget, e in ex["lines"].items():
+        true_gap = baseline_loss(K_CONST * target, budget) - baseline_loss(target, budget)
+        assert e["gap_ci95"][0] <= true_gap <= e["gap_ci95"][1], (budget, e, true_gap)
+    assert "gap" in ex["chinchilla"] and ex["chinchilla"]["gap_ci95"][0] <= ex["chinchilla"]["gap_ci95"][1]
+    text = (study / "ladder.md").read_text()
+    assert f"{ex['decades_beyond_data']:.1f} decades" in text and "−0.02" not in text and "-0.02" in text
+    for name in ("loss_vs_compute.png", "multiplier_vs_compute.png"):
+        assert (study / name).stat().st_size > 10_000
+
+
+def test_ladder_fit_json_holds_each_cell_and_trend(fitted):
+    _, result = fitted
+    cell = result["activations"]["polynorm"]["cells"][0]
+    assert {"rung", "budget", "compute", "loss", "multiplier", "multiplier_ci95", "seeds"} <= set(cell)
+    assert set(result["activations"]["polynorm"]["trend"]["t20"]) >= {"slope", "p_value", "slope_ci95"}
+    assert "trend" in result["activations"]["swiglu"] and not result["activations"]["swiglu"]["trend"]
+    assert result["budget_lines"] == {"t5": ["r1", "r2", "r3", "r4"], "t20": ["r1", "r2", "r3", "r4"]}
+
+
+def test_two_runs_of_one_cell_and_seed_are_refused(tmp_path):
+    rung = ladder.ladder_rungs("cpu")["r1"]
+    for i in range(2):
+        write_run(tmp_path / "runs" / f"a{i}", "swiglu", 0, rung, "t5", 4.0 + i, rung.budgets["t5"], lr=1e-3 * (i + 1))
+    rows = ladder.load_ladder_runs([tmp_path])
+    with pytest.raises(ValueError, match="two runs of seed 0"):
+        ladder.Cells.from_rows(rows)
+
+
+def test_runs_are_labelled_by_rung_and_budget_without_ladder_keys(tmp_path):
+    """Runs from before the ladder config (the BabyLM study's) get their rung from the model and their budget from
+    the rung's table."""
+    rung = ladder.ladder_rungs("cpu")["r4"]
+    write_run(tmp_path / "old", "swiglu", 1, rung, None, 3.9, 16_384_000)
+    (tmp_path / "old" / "config.yaml").write_text(OmegaConf.to_yaml({"trainer": {"seq_len": SEQ}}))
+    (row,) = ladder.load_ladder_runs([tmp_path], ladder.ladder_rungs("cpu"))
+    assert (row["rung"], row["budget"], row["params"]) == ("r4", "t20", 803968)
+    (row,) = ladder.load_ladder_runs([tmp_path])
+    assert row["rung"] == "d128-L4-h4-w352" and row["budget"] == "t20.4"
+
+
+def test_babylm_runs_are_the_largest_rungs_t20_cells():
+    """Recipe match: the BabyLM study's runs are what experiment=ladder_cpu ladder=cpu_r4 trains (so they serve as
+    that rung's t20 cells): same model, data, tokenizer, optimizer, schedule, batch, budget and validation."""
+    from polycom.report.runs import run_config
+
+    study = REPO_ROOT / "experiments" / "2026-12-05-babylm-scale-dense-cpu"
+    babylm = run_config(study / "runs" / "swiglu-s0")
+    cfg = OmegaConf.to_container(compose_config(["experiment=ladder_cpu", "ladder=cpu_r4", "activation=swiglu",
+                                                 "paths.data_dir=" + babylm["paths.data_dir"]]), resolve=True)
+    flat = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(cfg, "")
+    same = [k for k in babylm if k.startswith(("model.", "data.", "tokenizer.", "optim.", "schedule.", "activation."))
+            and k != "tokenizer.cache_dir"]
+    same += ["trainer.seq_len", "trainer.global_batch_size", "trainer.max_tokens", "trainer.grad_clip",
+             "trainer.mixed_precision", "eval.val_tokens", "seed"]
+    assert len(same) > 40
+    assert {k: flat.get(k) for k in same} == {k: babylm[k] for k in same}
+    rows = ladder.load_ladder_runs([study / "runs"], ladder.ladder_rungs("cpu"))
+    assert len(rows) == 18 and {(r["rung"], r["budget"]) for r in rows} == {("r4", "t20")}
+    assert {r["lr"] for r in rows if r["activation"] == "swiglu"} == {cfg["ladder"]["lr"]["swiglu"]}
+
+
+# ---- configs ------------------------------------------------------------------------------------------------------
+def _count(cfg, vocab):
+    import torch
+
+    from polycom.model import PolyComForCausalLM
+    from polycom.model.stats import count_parameters
+    from polycom.train.build import model_config
+
+    with torch.device("meta"):
+        counts = count_parameters(PolyComForCausalLM(model_config(cfg, vocab_size=vocab)))
+    return counts.total - counts.embedding - vocab * cfg.model.hidden_size
+
+
+@pytest.mark.parametrize("name,vocab,step", [("cpu", 4096, 16 * 256), ("gpu", 50304, 256 * 1024)])
+def test_rung_tables_match_their_models(name, vocab, step):
+    """Each rung's N is its SwiGLU model's non-embedding count, and each budget is tokens-per-N x N in whole steps
+    (the CPU r4's t20 excepted: the BabyLM study's 4000 steps, 20.4 per N)."""
+    rungs = ladder.ladder_rungs(name)
+    ns = [r.params for r in rungs.values()]
+    assert ns == sorted(ns) and ns[-1] / ns[0] >= 6  # the ladder spans >= 6x in N
+    for rung in rungs.values():
+        cfg = compose_config([f"experiment=ladder_{name}", f"ladder={name}_{rung.name}", "activation=swiglu"])
+        assert _count(cfg, vocab) == rung.params, rung.name
+        for budget, tokens in rung.budgets.items():
+            assert tokens % step == 0, (rung.name, budget)
+            if budget == "grid" or (name, rung.name, budget) == ("cpu", "r4", "t20"):
+                continue
+            assert tokens == round(float(budget[1:]) * rung.params / step) * step, (rung.name, budget)
+
+
+def test_the_sweep_expands_to_cells_that_look_their_budget_and_lr_up():
+    cfg = compose_config(["experiment=ladder_cpu"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params["ladder"] == ["cpu_r1", "cpu_r2", "cpu_r3", "cpu_r4"] and params["ladder.budget"] == ["t5", "t20"]
+    assert "gated_polynorm" in params["activation"] and len(params["activation"]) == 7
+    rungs = ladder.ladder_rungs("cpu")
+    for rung, budget, act in [("cpu_r2", "t5", "relu"), ("cpu_r4", "t20", "polynorm"), ("cpu_r3", "t5", "pnglu")]:
+        c = compose_config(["experiment=ladder_cpu", f"ladder={rung}", f"ladder.budget={budget}",
+                            f"activation={act}", f"ladder.lr.{act}=0.0123"])
+        r = rungs[rung.split("_")[1]]
+        assert (c.model.hidden_size, c.model.intermediate_size) == (r.dims[0], r.dims[3])
+        assert c.trainer.max_tokens == r.budgets[budget] and c.optim.lr == 0.0123
+        assert c.logger.run_name == f"{act}-{r.name}-{budget}-s0"
+    for name, rungs in (("cpu", "cpu_r1,cpu_r4"), ("gpu", "gpu_r1,gpu_r5")):  # the grid's sweep replaces the ladder's
+        sweep = compose_config([f"experiment=ladder_{name}", f"hparams_search=ladder_{name}_lr_grid"],
+                               return_hydra_config=True).hydra.sweeper.params
+        assert (sweep["ladder"], sweep["ladder.budget"], str(sweep["seed"])) == (rungs, "grid", "0")
+        assert len(str(sweep["optim.lr"]).split(",")) == 4
+    grid = compose_config(["experiment=ladder_cpu", "hparams_search=ladder_cpu_lr_grid", "ladder=cpu_r4",
+                           "optim.lr=4e-3"])
+    assert grid.trainer.max_tokens == 1_048_576 and grid.optim.lr == 4e-3  # the BabyLM grid's budget
+    bad = compose_config(["experiment=ladder_cpu", "ladder.budget=t7"])
+    with pytest.raises(Exception, match="t7"):
+        bad.trainer.max_tokens
+
+
+def test_paper_point_is_the_paper_model_in_this_convention():
+    import torch
+
+    from polycom.model import PolyComForCausalLM
+    from polycom.model.stats import count_parameters, model_flops_per_token
+
+    cfg = compose_config(["model=paper_dense_1b", "activation=swiglu", "trainer.seq_len=4096"])
+    from polycom.train.build import model_config
+
+    with torch.device("meta"):
+        counts = count_parameters(PolyComForCausalLM(model_config(cfg, vocab_size=50304)))
+    fpt = model_flops_per_token(counts.matmul, 24, 2048, 4096)
+    assert fpt == ladder.flops_per_token(counts.matmul, 24, 2048, 4096)  # the report's copy of the formula
+    assert ladder.PAPER_POINT["compute"] == pytest.approx(fpt * 250e9, rel=0.005)
+    assert ladder.PAPER_POINT["params"] == pytest.approx(counts.total - counts.embedding - 50304 * 2048, rel=0.001)
+
+
+# ---- laws, bootstrap, lr rule -------------------------------------------------------------------------------------
+def test_power_law_fit_and_inverse_are_exact_on_exact_data():
+    truth = scaling.PowerLaw(E=1.7, a=0.8, alpha=0.31, c_ref=3e13)
+    c = np.geomspace(1e12, 1e15, 5)
+    fit = scaling.fit_power_law(c, truth(c))
+    assert (fit.E, fit.A, fit.alpha) == pytest.approx((truth.E, truth.A, truth.alpha), rel=1e-6)
+    assert fit.inverse(truth(4e13)) == pytest.approx(4e13, rel=1e-6)
+    assert fit.inverse(1.6) == np.inf  # below the floor: never reached
+    assert scaling.compute_multiplier(fit, truth(8e13), 2e13) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_chinchilla_fit_recovers_its_law():
+    n = np.repeat([1e5, 2.4e5, 4.4e5, 8e5], 2)
+    d = np.array([5, 20] * 4) * n
+    fit = scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34 + 4000 * d**-0.28)
+    assert (fit.E, fit.alpha, fit.beta) == pytest.approx((1.8, 0.34, 0.28), rel=1e-4)
+
+
+def test_bootstrap_is_paired_pooled_and_widened_to_t():
+    from scipy import stats
+
+    cells = {(("r1", "t5"), "a"): {0: 1.0, 1: 2.0, 2: 6.0}, (("r1", "t5"), "b"): {0: 10.0, 1: 20.0, 2: 60.0},
+             (("r2", "t5"), "a"): {0: 3.0}}
+    s2 = np.var([1.0, 2.0, 6.0], ddof=1)
+    widen = stats.t.ppf(0.975, 2) / stats.norm.ppf(0.975)  # 3 residuals, 1 cell: 2 degrees of freedom
+    samples = list(scaling.bootstrap_cells(cells, np.random.default_rng(0), 20000))
+    a = np.array([s[(("r1", "t5"), "a")] for s in samples])
+    b = np.array([s[(("r1", "t5"), "b")] for s in samples])
+    single = np.array([s[(("r2", "t5"), "a")] for s in samples])
+    assert np.allclose(b - 30, 10 * (a - 3))  # the same seeds drawn for both activations of a group
+    assert a.var() == pytest.approx(s2 / 3 * widen**2, rel=0.05)  # s^2 / n, at t's width
+    assert single.var() == pytest.approx(s2 * widen**2, rel=0.05)  # a one-seed cell moves with a's pooled noise
+    plain = list(scaling.bootstrap_cells(cells, np.random.default_rng(0), 20000, pooled=False))
+    assert np.var([s[(("r1", "t5"), "a")] for s in plain]) == pytest.approx(s2 / 3, rel=0.05)
+    assert {s[(("r2", "t5"), "a")] for s in plain} == {3.0}
+
+
+def test_lr_rule_interpolates_the_grid_optima_geometrically():
+    assert ladder.best_lr([1e-3, 2e-3, 4e-3, 8e-3], [5.0, 4.6, 4.5, 5.2]) == (pytest.approx(4e-3), False)
+    lr, edge = ladder.best_lr([1e-3, 2e-3, 4e-3, 8e-3], [5.0, 4.6, 4.6, 5.2], refine=True)
+    assert not edge and lr == pytest.approx(math.sqrt(2e-3 * 4e-3), rel=1e-9)  # the vertex: 2e-3 and 4e-3 tie
+    assert ladder.best_lr([1e-3, 2e-3], [4.0, 4.2]) == (pytest.approx(1e-3), True)
+    rule, gamma = ladder.lr_rule(1e5, 8e-3, 8e5, 2e-3)
+    assert gamma == pytest.approx(-2 / 3) and rule(2 * 1e5 * 2**0.5) == pytest.approx(8e-3 / 2, rel=1e-9)
+    rungs = ladder.ladder_rungs("cpu")
+    rows = [{"activation": "gelu", "rung": r, "lr": lr, "loss": abs(math.log(lr / best)) + 3}
+            for r, best in (("r1", 4e-3), ("r4", 2e-3)) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]
+    table = ladder.lr_table(rows, rungs)["activations"]["gelu"]
+    assert table["lr"]["r1"] == pytest.approx(4e-3, rel=0.01) and table["lr"]["r4"] == pytest.approx(2e-3, rel=0.01)
+    assert 2e-3 < table["lr"]["r2"] < table["lr"]["r1"]
+
+
+def test_lr_command_prints_a_rungs_overrides(tmp_path, capsys):
+    rungs = ladder.ladder_rungs("cpu")
+    for rung, best in (("r1", 4e-3), ("r4", 2e-3)):
+        for lr in (1e-3, 2e-3, 4e-3, 8e-3):
+            for act in ("swiglu", "polynorm"):
+                loss = 3 + abs(math.log(lr / best)) * (1 if act == "swiglu" else 2)
+                tokens = rungs[rung].budgets["grid"]
+                write_run(tmp_path / f"{act}-{rung}-{lr}", act, 0, rungs[rung], "grid", loss, tokens, lr=lr)
+    load_script("ladder").main(["lr", str(tmp_path), "--ladder", "cpu", "--overrides", "r4"])
+    out = capsys.readouterr().out.split()
+    assert len(out) == 2 and out[0].startswith("ladder.lr.swiglu=0.002") and out[1].startswith("ladder.lr.polynorm")
+
+
+def test_plan_prints_hours_from_measured_tokens_per_s(capsys):
+    load_script("ladder").main(["plan", "experiment=ladder_cpu", "ladder=cpu_r1,cpu_r2", "ladder.budget=t5",
+                                "activation=swiglu,gelu", "seed=0,1,2", "--tokens-per-s", "r1=20000,r2=10000"])
+    out = capsys.readouterr().out
+    rungs = ladder.ladder_rungs("cpu")
+    expected = 6 * (rungs["r1"].budgets["t5"] / 20000 + rungs["r2"].budgets["t5"] / 10000) / 3600
+    assert f"{expected:.1f} hours in all" in out and "| r2 | 0.239M |" in out
+
+
+def test_fitting_a_ladder_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, polycom.report.ladder, polycom.report.scaling, polycom.report.ladder_plots; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
