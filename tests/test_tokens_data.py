@@ -302,3 +302,30 @@ def test_a_data_tokens_run_resumes_exactly_with_the_text_gone(tmp_path):
     reference = json.loads((straight / "summary.json").read_text())
     assert abs(summary["val_loss"] - reference["val_loss"]) <= SAME_LOSS
     assert _losses(straight)[-1]["loss"] < _losses(straight)[0]["loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_the_global_batches_of_one(tmp_path):
+    """Process r reads positions r, r + 2, ...: a step's global batch is the same blocks at any world size, so a DDP run
+    on two processes gives the losses of a one-process run with no special data order."""
+    from polycom.train.trainer import train
+    from test_distributed import CONFIG_LAUNCH, _records, _run
+
+    corpus = make_corpus(tmp_path / "text")
+    folder = tmp_path / "tokens"
+    token_writer.pretokenize(compose_config(data_overrides(corpus) + [f"tokenizer.cache_dir={tmp_path / 'cache'}",
+                                                                      "tokenizer.vocab_size=512"]),
+                             folder, workers=1, shard_tokens=30_000)
+    run = TINY + ["data=tokens", f"data.path={folder}", "trainer.max_steps=6", "trainer.log_interval=1",
+                  "eval.interval=3", "trainer.checkpoint_interval=100", "trainer.save_hf=false",
+                  "trainer.micro_batch_size=2"]
+    train(compose_config(run), tmp_path / "one")
+    _run([*CONFIG_LAUNCH, "train.py", *run, f"hydra.run.dir={tmp_path / 'two'}"])
+    two = _records(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    for key in ("loss", "val_loss"):
+        want = {r["step"]: r[key] for r in _losses(tmp_path / "one") if key in r}
+        got = {r["step"]: r[key] for r in two if key in r}
+        assert set(got) == set(want) and len(want) >= 2, key
+        for step in want:
+            assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (key, step)
