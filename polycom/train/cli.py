@@ -72,12 +72,11 @@ def check_fresh_run_dir(cfg, run_dir: Path) -> None:
     """A fresh run (``trainer.resume`` unset) into a folder that holds checkpoints is refused (the trainer's rule,
     ``polycom.train.resume``), here before Hydra overwrites that run's ``.hydra/``. A job a scheduler requeued
     continues instead (``polycom.train.signals.resume_if_requeued``)."""
-    from polycom.train import checkpoint as ckpt
+    from polycom.train.resume import refuse_fresh_run_into
     from polycom.train.signals import requeued
 
-    if cfg.trainer.resume is None and ckpt.list_checkpoints(run_dir) and not requeued(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass trainer.resume=auto to continue that run "
-                          "or choose another hydra.run.dir")
+    if cfg.trainer.resume is None and not requeued(run_dir):
+        refuse_fresh_run_into(run_dir)
 
 
 def describe(err: BaseException) -> str:

@@ -56,6 +56,13 @@ class ResumePlan:
         return {"config": self.config, "config_changes": self.config_changes}
 
 
+def refuse_fresh_run_into(run_dir: Path) -> None:
+    """A fresh run never writes into a folder that holds checkpoints (it would overwrite that run)."""
+    if ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass trainer.resume=auto to continue that run "
+                          "or choose another hydra.run.dir")
+
+
 def resolve_resume(cfg, run_dir: Path) -> ResumePlan:
     """The run directory to write to and the checkpoint to load (None: a fresh run); raises ``ConfigError`` when
     the checkpoint was trained with a config this one changes in what it trains (``trainer.resume_allow_changes``
@@ -63,9 +70,7 @@ def resolve_resume(cfg, run_dir: Path) -> ResumePlan:
     resume = cfg.trainer.resume
     config = OmegaConf.to_container(cfg, resolve=True)
     if resume is None:
-        if ckpt.list_checkpoints(run_dir):
-            raise ConfigError(f"{run_dir} already holds checkpoints; pass trainer.resume=auto to continue that run "
-                              "or choose another hydra.run.dir")
+        refuse_fresh_run_into(run_dir)
         return ResumePlan(run_dir, None, config)
     if resume == "auto":
         found = _newest_continuable(run_dir, Schedule.for_run(cfg))
