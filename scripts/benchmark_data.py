@@ -11,7 +11,9 @@ folder (or ``--tokens-dir``, kept), then for each path:
 - ``first_batch_s``: from creating the stream to the first ``(batch, seq_len)`` micro-batch (``batched``);
 - ``tokens_per_s``: steady micro-batches per second x tokens, over ``--stream-tokens`` / ``--memmap-tokens``;
 - ``resume_s`` at each of ``--resume-tokens`` consumed: creating the stream at that block and taking one batch
-  (what a resumed run waits before its first step);
+  (what a resumed run waits before its first step); for streaming that is the fast-forward (a checkpoint without a
+  data position), and ``resume_from_position_s`` the resume from the position a checkpoint saves (the epoch's rows
+  before it read again, not tokenized);
 - with ``--train-steps N``: training tokens/s of ``model=cpu_small`` for N steps on each path, and streaming with
   ``data.prefetch_blocks`` (the tokens/s of the last logged window: steps 2..N, without the first step's warm-up;
   the median of ``--train-repeats`` round-robin repeats).
@@ -57,13 +59,24 @@ def measure_path(data_cfg, tokenizer, seq_len: int, batch: int, tokens: int, res
     for _ in range(count):
         next(stream_batches)
     steady_s = time.perf_counter() - started
-    resume = {}
+    resume, from_position = {}, {}
     for consumed in resume_tokens:
         start_block = consumed // seq_len
-        resume[str(consumed)], _ = _timed(lambda: _first(batched(
-            train_blocks(data_cfg, tokenizer, seq_len, seed=0, start_block=start_block), batch)))
+        resume[str(consumed)], stream = _timed(lambda: _resumed(data_cfg, tokenizer, seq_len, batch, start_block))
+        position = stream.state_dict()
+        if position is not None:  # streaming: what a checkpoint saves; resume there (the stream is a batch further)
+            from_position[str(consumed)], _ = _timed(
+                lambda: _resumed(data_cfg, tokenizer, seq_len, batch, start_block + batch, position))
     return {"first_batch_s": first_batch_s, "tokens": count * batch * seq_len, "steady_s": steady_s,
-            "tokens_per_s": count * batch * seq_len / steady_s, "resume_s": resume}
+            "tokens_per_s": count * batch * seq_len / steady_s, "resume_s": resume,
+            "resume_from_position_s": from_position}
+
+
+def _resumed(data_cfg, tokenizer, seq_len: int, batch: int, start_block: int, position=None):
+    """A stream created at ``start_block`` (from ``position`` if given) after its first batch."""
+    stream = train_blocks(data_cfg, tokenizer, seq_len, seed=0, start_block=start_block, position=position)
+    next(batched(stream, batch))
+    return stream
 
 
 def _first(batches):
@@ -140,6 +153,8 @@ def main() -> None:
             ("time to first batch, s", s["first_batch_s"], t["first_batch_s"], "{:.3f}")]
     rows += [(f"resume at {int(k):.0e} tokens consumed, s", s["resume_s"][k], t["resume_s"][k], "{:.3f}")
              for k in s["resume_s"]]
+    rows += [(f"  streaming from a saved position instead, s", s["resume_from_position_s"][k], t["resume_s"][k],
+              "{:.3f}") for k in s["resume_from_position_s"]]
     if training:
         rows += [(f"training tokens/s, cpu_small ({name})", training[name]["tokens_per_s"],
                   training["tokens"]["tokens_per_s"], "{:,.0f}") for name in ("streaming", "streaming_prefetch")]

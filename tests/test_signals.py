@@ -2,7 +2,6 @@
 every rank stops after the same step; inside a submitit job the job is requeued and continues."""
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -81,7 +80,7 @@ def test_a_signal_during_a_step_pauses_after_it_with_a_checkpoint(tmp_path, monk
 
     def signal_at_step_3(self, ctx):
         if ctx.step == 3:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            signal.raise_signal(signal.SIGUSR1)
         original(self, ctx)
 
     monkeypatch.setattr(hooks.TrainMetrics, "after_step", signal_at_step_3)
@@ -98,12 +97,12 @@ def test_a_signal_during_a_step_pauses_after_it_with_a_checkpoint(tmp_path, monk
 def test_before_training_a_signal_acts_as_usual_and_a_second_ctrl_c_quits_at_once():
     with signals.graceful_stop() as stop:
         with pytest.raises(KeyboardInterrupt):  # not armed yet: nothing to save
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         stop.armed = True
-        os.kill(os.getpid(), signal.SIGINT)  # recorded, the step goes on
+        signal.raise_signal(signal.SIGINT)  # recorded, the step goes on
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -116,7 +115,7 @@ def test_submitit_handler_is_called_after_the_checkpoint_and_the_requeued_job_re
     try:
         with signals.graceful_stop() as stop:
             stop.armed = True
-            os.kill(os.getpid(), signal.SIGUSR2)
+            signal.raise_signal(signal.SIGUSR2)
             with pytest.raises(SystemExit):
                 stop.finish({"steps": 5, "complete": False}, tmp_path, "python train.py")
     finally:

@@ -45,7 +45,8 @@ def test_blocks_are_made_while_the_consumer_is_busy(corpus_cfg, tiny_tokenizer):
     assert ahead._queue.qsize() == depth  # made while the consumer was busy
     time.sleep(0.5)  # time for a producer that ignored the bound to run on
     # Bounded: the one taken, a full queue, and at most the one block the producer holds while it waits for room.
-    assert 1 + depth <= ahead.blocks_emitted <= 1 + depth + 1
+    assert 1 + depth <= ahead.stream.blocks_emitted <= 1 + depth + 1
+    assert ahead.blocks_emitted == 1  # what the trainer reads (and saves) is of the blocks it took
 
 
 def test_an_error_of_the_stream_reaches_the_consumer(tmp_path, tiny_tokenizer):

@@ -160,7 +160,10 @@ def test_failing_downstream_eval_keeps_checkpoint_model_and_summary_then_fails(t
     assert (tmp_path / "hf" / "model.safetensors").exists() and list((tmp_path / "checkpoints").glob("step_*4"))
 
 
-def test_resume_gives_identical_per_step_losses(tmp_path):
+def test_resume_gives_identical_per_step_losses(tmp_path, monkeypatch):
+    from polycom.data import packing
+    from polycom.train import checkpoint as ckpt
+
     common = ["trainer.max_steps=12", "trainer.log_interval=1", "trainer.checkpoint_interval=100",
               "eval.interval=100"]
     straight = tmp_path / "straight"
@@ -168,6 +171,14 @@ def test_resume_gives_identical_per_step_losses(tmp_path):
     resumed = tmp_path / "resumed"
     _train(resumed, common + ["trainer.stop_after=6"])
     assert json.loads((resumed / "summary.json").read_text())["complete"] is False
+    saved = ckpt.read_trainer_state(ckpt.latest_valid_checkpoint(resumed))
+    (position,) = saved["data_positions"]  # one process: one stream position, after the blocks of 6 steps
+    assert position["blocks_emitted"] == 6 * compose_train(TINY).trainer.global_batch_size
+
+    def fast_forward(*args):
+        raise AssertionError("the resume re-tokenized instead of starting at the saved data position")
+
+    monkeypatch.setattr(packing, "_log_fast_forward", fast_forward)
     _train(resumed, common + ["trainer.resume=auto"])
     assert_same_losses(resumed, straight, 12)
     final_a = json.loads((straight / "summary.json").read_text())

@@ -4,7 +4,7 @@ concatenation into fixed-length blocks (no padding; a long document continues in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Iterable, Iterator, List, Optional
 
@@ -57,36 +57,80 @@ def encode_documents(values: List, tokenizer, text_field: str, bad_rows: str) ->
 def pack(token_lists: Iterable[List[int]], seq_len: int) -> Iterator[np.ndarray]:
     """Cut the concatenation of ``token_lists`` into consecutive ``(seq_len,)`` arrays; the last
     incomplete block is never emitted."""
+    return (block for block, _ in pack_with_offsets(token_lists, seq_len))
+
+
+def pack_with_offsets(token_lists: Iterable[List[int]], seq_len: int) -> Iterator[tuple]:
+    """:func:`pack`'s blocks, each with where it ends: the number of tokens of the current list (the one the block
+    ends in) that this block and the ones before it took. A block never ends in the carry (it is shorter than a
+    block), so this is always >= 1."""
     carry = np.empty(0, dtype=np.int64)
     for ids in token_lists:
         tokens = np.concatenate((carry, np.asarray(ids, dtype=np.int64)))
         full = len(tokens) // seq_len * seq_len
-        yield from tokens[:full].reshape(-1, seq_len)
+        for j, block in enumerate(tokens[:full].reshape(-1, seq_len)):
+            yield block, (j + 1) * seq_len - len(carry)
         carry = tokens[full:]
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Where a streaming rank stands after a block: the block ends after the first ``offset`` tokens of row ``row``
+    (counted from 0 in this epoch's shuffled row order, empty and malformed rows included) of epoch ``epoch``. With
+    the counters as of that row, it is all a resume needs: the rows before it are read again (the shuffle buffer
+    is not saved), but not tokenized, and nothing else is."""
+
+    blocks_emitted: int
+    epoch: int
+    row: int
+    offset: int
+    epoch_documents: int  # non-empty documents of this epoch up to and including the row
+    first_epoch_tokens: Optional[int]
+    stats: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "StreamPosition":
+        return cls(**values)
 
 
 class BlockStream:
     """The infinite training stream of one rank: ``(seq_len,)`` LongTensors, deterministic for given
     arguments. Each pass over the data is an epoch with its own shuffle order (``set_epoch``).
 
-    ``start_block=n`` resumes exactly: the stream yields what the (n+1)-th, (n+2)-th, ... blocks of a fresh
-    stream would be. It fast-forwards through the first n blocks (tokenizing, but without building
-    tensors), which is cheap next to training. ``blocks_emitted`` counts blocks from the stream's start,
-    including the skipped ones, so it is the position to record in a checkpoint.
+    Resuming yields what the (n+1)-th, (n+2)-th, ... blocks of a fresh stream would be, in one of two ways:
+
+    - ``position`` (a :class:`StreamPosition` from ``state_dict()``, saved with each checkpoint): the epoch's rows
+      before the position are read and shuffled again but not tokenized, the row the block ended in is tokenized and
+      cut at the offset. The cost is reading the raw text of the current epoch up to there.
+    - ``start_block=n`` alone (a checkpoint without a position, another world size): a fast-forward through the
+      first n blocks, tokenizing everything, logged with its estimated time.
+
+    ``blocks_emitted`` counts blocks from the stream's start, including the skipped ones.
     """
 
     def __init__(self, data_cfg, tokenizer, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_block: int = 0):
+                 start_block: int = 0, position: Optional[StreamPosition] = None):
         if start_block < 0:
             raise ValueError(f"start_block={start_block} must be >= 0")
-        self.stats = PipelineStats()
-        self.epoch = 0  # the epoch documents are currently read from
-        self.first_epoch_tokens: Optional[int] = None  # tokens of one pass, known once the data ran out
+        if position is not None and position.blocks_emitted != start_block:
+            raise ValueError(f"the saved data position is after block {position.blocks_emitted:,}, but the run "
+                             f"resumes at block {start_block:,}")
+        self.stats = PipelineStats(**position.stats) if position else PipelineStats()
+        self.epoch = position.epoch if position else 0  # the epoch of the row the last block ended in
+        self.first_epoch_tokens: Optional[int] = position.first_epoch_tokens if position else None
         self.blocks_emitted = start_block
-        self._rank, self._world_size = rank, world_size
-        self._dataset = tokenize_stream(train_stream(data_cfg, seed, rank, world_size), tokenizer, data_cfg)
-        self._blocks = pack(self._documents(), seq_len)
-        self._to_skip, self._seq_len = start_block, seq_len
+        self._rank, self._world_size, self._seq_len = rank, world_size, seq_len
+        self._tokenizer, self._data_cfg = tokenizer, data_cfg
+        self._text = train_stream(data_cfg, seed, rank, world_size)
+        self._row, self._epoch_documents = (position.row, position.epoch_documents) if position else (0, 0)
+        self._start = position
+        self._offset_base = 0  # tokens cut from the front of the current row (a resume's first row)
+        self._blocks = pack_with_offsets(self._documents(), seq_len)
+        self._offset = 0
+        self._to_skip = 0 if position else start_block
 
     def __iter__(self) -> "BlockStream":
         return self
@@ -97,16 +141,58 @@ class BlockStream:
         for _ in range(self._to_skip):
             next(self._blocks)
         self._to_skip = 0
-        block = next(self._blocks)
+        block, offset = next(self._blocks)
+        self._offset = self._offset_base + offset
         self.blocks_emitted += 1
         return torch.from_numpy(block.copy())
 
+    def state_dict(self) -> Optional[dict]:
+        """The position after the last block emitted (None before the first block of a fast-forwarded stream)."""
+        if self._to_skip:
+            return None
+        if self._start is not None and self.blocks_emitted == self._start.blocks_emitted:
+            return self._start.to_dict()
+        if self.blocks_emitted == 0:
+            return None
+        return StreamPosition(self.blocks_emitted, self.epoch, self._row, self._offset, self._epoch_documents,
+                              self.first_epoch_tokens, asdict(self.stats)).to_dict()
+
     def _documents(self) -> Iterator[List[int]]:
+        """The token lists of the non-empty documents, epoch after epoch; ``_row`` and the counters follow the
+        row being yielded."""
+        start = self._start
         while True:
-            self._dataset.set_epoch(self.epoch)
-            count = self.stats.documents
-            yield from _nonempty_documents(self._dataset, self.stats)
-            if self.stats.documents == count:
+            self._text.set_epoch(self.epoch)
+            rows = iter(self._text)
+            first_row = 0
+            if start is not None:  # resume: read the rows before the position, tokenize none of them
+                first_row = start.row
+                rows = islice(rows, start.row, None)
+            for row, ids in enumerate(self._encoded(rows), first_row):
+                self._row = row
+                if start is not None:  # the row the saved block ended in: counted already, partly trained on
+                    if not ids or len(ids) < start.offset:
+                        raise ValueError(f"rank {self._rank}: the saved data position (epoch {start.epoch}, row "
+                                         f"{start.row:,}, token {start.offset:,}) is not in this rank's data: the "
+                                         "training data changed since the checkpoint was written")
+                    ids, self._offset_base, start = ids[start.offset:], start.offset, None
+                    yield ids
+                    continue
+                self._offset_base = 0
+                if ids is None:
+                    self.stats.skipped_malformed += 1
+                elif not ids:
+                    self.stats.skipped_empty += 1
+                else:
+                    self.stats.documents += 1
+                    self.stats.tokens += len(ids)
+                    self._epoch_documents += 1
+                    yield ids
+            if start is not None:
+                raise ValueError(f"rank {self._rank}: the saved data position (epoch {start.epoch}, row {start.row:,}) "
+                                 "is past the end of this rank's data: the training data changed since the checkpoint "
+                                 "was written")
+            if self._epoch_documents == 0:
                 raise ValueError(f"rank {self._rank} of {self._world_size} received no non-empty training "
                                  "document (data.train_files / data.name / data.text_field); so far "
                                  f"{self.stats.skipped_empty} empty documents and {self.stats.skipped_malformed} "
@@ -114,17 +200,29 @@ class BlockStream:
             if self.first_epoch_tokens is None:
                 self.first_epoch_tokens = self.stats.tokens
             self.epoch += 1
+            self._epoch_documents = 0
+
+    def _encoded(self, rows: Iterator[dict]) -> Iterator[Optional[List[int]]]:
+        """Each row's tokens (``encode_documents``), tokenized ``data.tokenize_batch_size`` rows at a time."""
+        cfg = self._data_cfg
+        while True:
+            texts = [row["text"] for row in islice(rows, cfg.tokenize_batch_size)]
+            if not texts:
+                return
+            yield from encode_documents(texts, self._tokenizer, cfg.text_field, cfg.bad_rows)
 
 
 def train_blocks(data_cfg, tokenizer, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_block: int = 0) -> BlockStream:
+                 start_block: int = 0, position: Optional[dict] = None):
     """The training stream: shard by rank, shuffle by ``seed``, tokenize, pack; infinite and resumable.
+    ``position``: a ``state_dict()`` of the same rank's stream at ``start_block`` (saved in the checkpoint).
     ``data.source=tokens``: blocks of pretokenized shards in a seeded global order (``polycom.data.tokens``)."""
     if data_cfg.source == "tokens":
         from polycom.data.tokens import token_train_blocks
 
         return token_train_blocks(data_cfg, seq_len, seed, rank, world_size, start_block)
-    stream = BlockStream(data_cfg, tokenizer, seq_len, seed, rank, world_size, start_block)
+    saved = StreamPosition.from_dict(position) if position else None
+    stream = BlockStream(data_cfg, tokenizer, seq_len, seed, rank, world_size, start_block, saved)
     depth = getattr(data_cfg, "prefetch_blocks", 0)
     if not depth:
         return stream
@@ -140,9 +238,10 @@ def _log_fast_forward(blocks: int, seq_len: int, rank: int) -> None:
     """One line before a streaming resume re-reads what this process already trained on."""
     if rank == 0:
         tokens = blocks * seq_len
-        log.info("streaming data: resuming at block %s re-reads and re-tokenizes the %s tokens this process already "
-                 "trained on (the shuffle buffer and packing state are not saved): about %.0f s at ~%s tokens/s. "
-                 "Pretokenized data (scripts/pretokenize.py, data=tokens) resumes by a seek", f"{blocks:,}",
+        log.info("streaming data: resuming at block %s without a saved data position (a checkpoint from before "
+                 "positions were saved, or another number of processes) re-reads and re-tokenizes the %s tokens this "
+                 "process already trained on: about %.0f s at ~%s tokens/s. Pretokenized data "
+                 "(scripts/pretokenize.py, data=tokens) resumes by a seek", f"{blocks:,}",
                  f"{tokens:,}", tokens / STREAMING_TOKENS_PER_S, f"{STREAMING_TOKENS_PER_S:,}")
 
 

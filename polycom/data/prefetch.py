@@ -3,17 +3,21 @@ bounded queue while the training step runs, so the step does not wait for the to
 
 A thread, not a process: the Rust tokenizer releases the GIL while it encodes a batch, and so do PyTorch's
 kernels, so reading, tokenizing and the step overlap. The blocks come out in the order the stream makes them, so a
-run with prefetching sees exactly the blocks of a run without it (tested), and resume is unchanged. The wrapped
-stream's counters (``epoch``, ``stats``, ...) run ahead of the trainer by at most the queue's length.
+run with prefetching sees exactly the blocks of a run without it (tested). Each block travels with the stream's
+position after it (``state_dict()``), so what the trainer reads here (``epoch``, ``stats``, ``blocks_emitted``,
+``first_epoch_tokens``, ``state_dict()``) is of the blocks it has taken, not of the blocks made ahead.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import asdict
 from typing import Iterator
 
 import torch
+
+from polycom.data.packing import PipelineStats
 
 _DONE = object()
 
@@ -26,9 +30,12 @@ class Prefetched:
         if depth < 1:
             raise ValueError(f"data.prefetch_blocks={depth} must be >= 1 (0 turns prefetching off)")
         self.stream = stream
+        self._position = stream.state_dict()  # before the first block: the saved one, if any
+        self._counters = {"blocks_emitted": stream.blocks_emitted, "epoch": stream.epoch,
+                          "first_epoch_tokens": stream.first_epoch_tokens, "stats": asdict(stream.stats)}
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=_produce, args=(iter(stream), self._queue, self._stop),
+        self._thread = threading.Thread(target=_produce, args=(_with_positions(stream), self._queue, self._stop),
                                         name="polycom-data-prefetch", daemon=True)
         self._thread.start()
 
@@ -43,7 +50,33 @@ class Prefetched:
         if isinstance(item, BaseException):
             self._queue.put(item)
             raise item
-        return item
+        block, self._position = item
+        self._counters = self._position
+        return block
+
+    def state_dict(self):
+        """The stream's position after the last block taken from here."""
+        return self._position
+
+    @property
+    def blocks_emitted(self) -> int:
+        return self._taken("blocks_emitted")
+
+    @property
+    def epoch(self) -> int:
+        return self._taken("epoch")
+
+    @property
+    def first_epoch_tokens(self):
+        return self._taken("first_epoch_tokens")
+
+    @property
+    def stats(self) -> PipelineStats:
+        return PipelineStats(**self._counters["stats"])
+
+    def _taken(self, name: str):
+        """A counter as of the last block taken (before the first: as when the stream was wrapped)."""
+        return self._counters[name]
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["stream"], name)
@@ -53,6 +86,11 @@ class Prefetched:
 
     def __del__(self) -> None:
         self._stop.set()
+
+
+def _with_positions(stream) -> Iterator[tuple]:
+    for block in stream:
+        yield block, stream.state_dict()
 
 
 def _produce(blocks: Iterator, out: queue.Queue, stop: threading.Event) -> None:

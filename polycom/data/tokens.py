@@ -277,6 +277,10 @@ class TokenBlockStream:
     def _pass_tokens(self) -> int:
         return self.num_blocks * self.seq_len // self.world_size
 
+    def state_dict(self) -> None:
+        """Nothing beyond ``blocks_emitted``, which the trainer records as the step: a resume is a seek."""
+        return None
+
     def __iter__(self) -> "TokenBlockStream":
         return self
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -55,6 +55,17 @@ def _resume_state(accelerator, folder: Path, schedule: Schedule) -> TrainState:
     return state
 
 
+def _saved_data_position(folder: Path | None, accelerator) -> dict | None:
+    """This rank's streaming data position in the checkpoint being resumed (``BlockStream.state_dict``); None where
+    there is none (no resume, data=tokens, an older checkpoint, another number of processes)."""
+    if folder is None:
+        return None
+    positions = ckpt.read_trainer_state(folder).get("data_positions")
+    if not positions or len(positions) != accelerator.num_processes:
+        return None
+    return positions[accelerator.process_index]
+
+
 def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     started = time.time()
     launched_world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
@@ -93,7 +104,8 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     state = _resume_state(accelerator, resume_from, schedule) if resume_from is not None else TrainState()
     start_step, wall_before = state.step, state.wall_seconds  # wall time of earlier (interrupted) sessions
     stream = train_blocks(cfg.data, tokenizer, tc.seq_len, seed=cfg.seed, rank=accelerator.process_index,
-                          world_size=world, start_block=start_step * accum * tc.micro_batch_size)
+                          world_size=world, start_block=start_step * accum * tc.micro_batch_size,
+                          position=_saved_data_position(resume_from, accelerator))
     batches = batched(stream, tc.micro_batch_size)
 
     has_order = get_activation(cfg.activation.name).polycom
@@ -109,7 +121,8 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
 
     def save(keep: bool) -> None:
         state.wall_seconds = wall_before + time.time() - started
-        trainer_state = {**state.to_dict(), "schedule": schedule.to_dict(), "keep": keep, **plan.record}
+        trainer_state = {**state.to_dict(), "schedule": schedule.to_dict(), "keep": keep, **plan.record,
+                         "data_positions": gather_object([stream.state_dict()])}  # every rank's, in rank order
         ckpt.save_checkpoint(accelerator, run_dir, state.step, trainer_state, tc.keep_checkpoints)
 
     def evaluate_downstream() -> dict:

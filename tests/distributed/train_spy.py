@@ -98,7 +98,8 @@ if os.environ.get("POLYCOM_SPY_GLOBAL_ORDER"):
     per_step = int(os.environ["POLYCOM_SPY_GLOBAL_ORDER"])
     real_train_blocks = trainer.train_blocks
 
-    def train_blocks(data_cfg, tokenizer, seq_len, seed, rank=0, world_size=1, start_block=0):
+    def train_blocks(data_cfg, tokenizer, seq_len, seed, rank=0, world_size=1, start_block=0, position=None):
+        # position (this rank's saved stream position) is of the one-process stream here: fast-forward instead
         share = per_step // world_size
         stream = real_train_blocks(data_cfg, tokenizer, seq_len, seed, 0, 1, start_block // share * per_step)
         return OneProcessOrder(stream, rank, share, per_step)
