@@ -277,6 +277,118 @@ def test_chinchilla_fit_recovers_its_law():
     assert (fit.E, fit.alpha, fit.beta) == pytest.approx((1.8, 0.34, 0.28), rel=1e-4)
 
 
+def ladder_rows(budgets, loss_of, acts=("swiglu", "polynorm"), seeds=2, noise=0.004):
+    """Rows as ``load_ladder_runs`` gives them, on the CPU ladder's rungs, without run folders."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for rung in ladder.ladder_rungs("cpu").values():
+        for budget in budgets:
+            tokens = rung.budgets[budget]
+            c = compute_of(rung, tokens)
+            for act in acts:
+                for s in range(seeds):
+                    rows.append({"activation": act, "seed": s, "rung": rung.name, "budget": budget,
+                                 "params": rung.params, "tokens": tokens, "compute": c, "lr": 2e-3,
+                                 "loss": loss_of(act, c, budget) + rng.normal(0, noise), "tokens_per_s": TPS[act]})
+    return rows
+
+
+def _one_line_loss(act, c, budget):
+    return baseline_loss(true_multiplier(act, c) * c, budget)
+
+
+@pytest.mark.parametrize("case", ["one D/N line", "two N", "two D"])
+def test_chinchilla_refuses_points_that_do_not_identify_it(case):
+    """On one tokens-per-parameter line log N and log D are collinear (extrapolations off by >1 nat); two distinct N
+    (or D) leave E, that term's coefficient and its exponent unseparated."""
+    n = {"one D/N line": np.geomspace(1e5, 1e7, 6), "two N": np.repeat([1e5, 1e6], 3),
+         "two D": np.tile([1e5, 1e6, 1e7], 2)}[case]
+    d = {"one D/N line": 20 * n, "two N": n * np.tile([5, 20, 80], 2), "two D": np.repeat([2e6, 2e7], 3)}[case]
+    with pytest.raises(ValueError, match="3 distinct N and >= 3 distinct D, with tokens per parameter"):
+        scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34 + 4000 * d**-0.28)
+
+
+def test_one_budget_line_skips_l_n_d_and_says_why():
+    result = ladder.fit_ladder(ladder_rows(["t20"], _one_line_loss), replicates=20, chinchilla_replicates=5)
+    ch = result["extrapolation"]["chinchilla"]
+    assert "gap" not in ch and "D/N spanning" in ch["skipped"] and ch["skipped"].startswith("polynorm: ")
+    assert "| L(N, D) | not fitted: polynorm: L(N, D) needs" in ladder.markdown(result)
+
+
+def test_chinchilla_refit_from_a_start_on_a_bound():
+    """A start at the bound a = 50 (as a fit's result can be) rebuilt through exp/log lands an ulp outside it: it is
+    clipped back, not refused by scipy."""
+    n = np.repeat([1e5, 2.4e5, 4.4e5, 8e5], 2)
+    d = np.array([5, 20] * 4) * n
+    mn = np.log(n).mean()
+    alpha = next(a for a in np.linspace(0, 3, 3001) if math.log(float(np.exp(50 + a * mn))) - a * mn > 50)
+    start = scaling.Chinchilla(E=1.8, A=float(np.exp(50 + alpha * mn)), alpha=float(alpha), B=4000.0, beta=0.28)
+    fit = scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34 + 4000 * d**-0.28, start=start)
+    assert (fit.E, fit.alpha, fit.beta) == pytest.approx((1.8, 0.34, 0.28), rel=1e-4)
+
+
+def test_chinchilla_fit_that_does_not_converge_is_an_error(monkeypatch):
+    from scipy import optimize
+
+    real = optimize.least_squares
+    monkeypatch.setattr(optimize, "least_squares", lambda *a, **k: real(*a, **{**k, "max_nfev": 2}))
+    n = np.repeat([1e5, 2.4e5, 4.4e5, 8e5], 2)
+    d = np.array([5, 20] * 4) * n
+    with pytest.raises(scaling.FitError, match="did not converge"):
+        scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34 + 4000 * d**-0.28)
+
+
+def test_a_bootstrap_refit_that_fails_is_left_out_and_counted(monkeypatch):
+    real, calls = scaling.fit_chinchilla, []
+
+    def every_third_refit_fails(*args, start=None):
+        calls.append(start)
+        if start is not None and len(calls) % 3 == 0:
+            raise scaling.FitError("did not converge")
+        return real(*args, start=start)
+
+    monkeypatch.setattr(scaling, "fit_chinchilla", every_third_refit_fails)
+    result = ladder.fit_ladder(ladder_rows(["t5", "t20"], _one_line_loss), replicates=20, chinchilla_replicates=9)
+    ch = result["extrapolation"]["chinchilla"]
+    # 2 main fits, then 2 refits per replicate: calls 3, 6, ..., 18 fail, in replicates 1, 2, 4, 5, 7, 8
+    assert ch["replicates_used"] == 3 and all(math.isfinite(x) for x in ch["gap_ci95"])
+
+
+def test_power_law_needs_three_distinct_computes():
+    c = np.array([1e12, 1e12, 1e14, 1e14])  # 4 points, 2 computes: alpha not identified
+    with pytest.raises(ValueError, match=">= 3 distinct computes"):
+        scaling.fit_power_law(c, 2 + 3000 * c**-0.25 + np.array([0.01, -0.01, 0.005, -0.005]))
+    rows = [r for r in ladder_rows(["t5", "t20"], _one_line_loss) if not (r["budget"] == "t5" and r["rung"] in
+                                                                           ("r1", "r2"))]
+    result = ladder.fit_ladder(rows, replicates=20, chinchilla_replicates=5)  # t5: 2 rungs left, not fitted
+    assert set(result["activations"]["swiglu"]["fits"]) == {"t20"}
+
+
+def test_alpha_at_an_end_of_its_range_is_flagged_and_marked():
+    c = np.geomspace(1e12, 1e15, 5)
+    assert not scaling.fit_power_law(c, 1.7 + 0.8 * (c / 3e13) ** -0.31).at_bound
+    for y in (np.full(5, 3.0), 3.0 + 0.1 * np.arange(5), 2.0 + 1e20 * c**-3.5):  # flat, rising, steeper than 3
+        fit = scaling.fit_power_law(c, y)
+        assert fit.at_bound and fit.to_dict()["alpha_at_bound"], fit
+    flat = lambda act, c, budget: 3.0 if act == "polynorm" else _one_line_loss(act, c, budget)  # noqa: E731
+    text = ladder.markdown(ladder.fit_ladder(ladder_rows(["t5", "t20"], flat, noise=0.0), replicates=20,
+                                             chinchilla_replicates=5))
+    marked = [line for line in text.splitlines() if " ‡ " in line]
+    assert len(marked) == 2 and all("| polynorm |" in line for line in marked), marked
+    assert "‡ α at an end of its range [0.001, 3]" in text
+
+
+def test_trend_counts_distinct_computes():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 once warned and returned nan by accident
+        assert math.isnan(scaling.trend([1e12, 1e12], [1.0, 2.0]))
+        assert scaling.trend([1e12, 1e12, 1e13], [1.0, 1.0, 10.0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 computes but 3 multipliers"):
+        scaling.trend([1e12, 1e13], [1.0, 1.0, 2.0])
+
+
 def test_bootstrap_is_paired_pooled_and_widened_to_t():
     from scipy import stats
 

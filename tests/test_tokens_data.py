@@ -13,7 +13,8 @@ from pydoc_data.topics import topics
 
 from polycom.data import build_tokenizer, train_blocks, validation_blocks
 from polycom.data import token_writer
-from polycom.data.tokens import BlockOrder, TokenBlockStream, TokenSplit, read_index, tokenizer_hash
+from polycom.data.tokens import (BlockOrder, TokenBlockStream, TokenSplit, check_token_folder, load_tokenizer,
+                                 read_index, token_dtype, tokenizer_hash, tokenizers_version)
 from polycom.train.build import compose_config
 from polycom.train.validate import ConfigError, validate_config
 from scripts_loader import load_script
@@ -128,6 +129,90 @@ def test_files_do_not_depend_on_workers_and_a_killed_run_continues_to_the_same_f
     assert files_of(resumed) == files_of(straight)
 
 
+@pytest.mark.parametrize("max_train", [5_000, 20_000])  # the cap reached inside a shard; at a shard's end
+def test_a_run_killed_after_its_token_cap_was_recorded_continues_to_the_same_files(tmp_path, corpus, tokenizer_dir,
+                                                                                     monkeypatch, max_train):
+    cfg = compose_config(data_overrides(corpus, tokenizer_dir))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    caps = {"train": max_train, "validation": 1_000}
+    token_writer.pretokenize(cfg, straight, workers=1, shard_tokens=20_000, max_tokens=caps)
+
+    write_index = token_writer._write_index
+
+    def killed_marking_train_done(out, index):
+        if index["splits"]["train"]["done"]:  # the write after the shard that reached the cap
+            raise KeyboardInterrupt
+        write_index(out, index)
+
+    monkeypatch.setattr(token_writer, "_write_index", killed_marking_train_done)
+    with pytest.raises(KeyboardInterrupt):
+        token_writer.pretokenize(cfg, resumed, workers=1, shard_tokens=20_000, max_tokens=caps)
+    monkeypatch.setattr(token_writer, "_write_index", write_index)
+    train = json.loads((resumed / "index.json").read_text())["splits"]["train"]
+    assert train["num_tokens"] >= max_train and not train["done"]
+    token_writer.pretokenize(cfg, resumed, workers=1, shard_tokens=20_000, max_tokens=caps)
+    assert files_of(resumed) == files_of(straight)
+
+
+def test_a_run_killed_while_saving_the_tokenizer_continues(tmp_path, pretokenized, corpus, tokenizer_dir, monkeypatch):
+    """The state a kill during the tokenizer's save leaves (a half-written temporary folder) is continued by the same
+    command, to the files of an uninterrupted run; so is a folder holding only that (written before the index was)."""
+    cfg = compose_config(data_overrides(corpus, tokenizer_dir))
+    out = tmp_path / "killed"
+
+    def killed_saving(tokenizer, folder):
+        (folder.parent / ".tokenizer-x1y2z3").mkdir()
+        (folder.parent / ".tokenizer-x1y2z3" / "tokenizer_config.json").write_text("{")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(token_writer, "_save_tokenizer", killed_saving)
+        with pytest.raises(KeyboardInterrupt):
+            token_writer.pretokenize(cfg, out, workers=1, shard_tokens=20_000)
+    token_writer.pretokenize(cfg, out, workers=1, shard_tokens=20_000)
+    assert files_of(out) == files_of(pretokenized)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["tokenizer"]
+
+    only_leftovers = tmp_path / "only-leftovers"
+    (only_leftovers / ".tokenizer-a1b2c3").mkdir(parents=True)
+    (only_leftovers / ".index.json.tmp").write_text("{")
+    token_writer.pretokenize(cfg, only_leftovers, workers=1, shard_tokens=20_000)
+    assert files_of(only_leftovers) == files_of(pretokenized)
+    (tmp_path / "not-ours").mkdir()
+    (tmp_path / "not-ours" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no index.json"):
+        token_writer.pretokenize(cfg, tmp_path / "not-ours", workers=1, shard_tokens=20_000)
+
+
+def sparse_tokenizer(folder: Path) -> Path:
+    """A word-level tokenizer of 4 entries whose ids go up to 70,000: its length is no bound on its ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"a": 0, "<eos>": 1, "[UNK]": 2, "b": 70_000}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(folder)
+    return folder
+
+
+def test_the_token_dtype_holds_the_largest_id_and_an_id_beyond_it_is_a_clear_error(tmp_path):
+    assert (token_dtype(1 << 16), token_dtype((1 << 16) + 1)) == (np.uint16, np.uint32)  # ids 0..65535 fit uint16
+    tokenizer = sparse_tokenizer(tmp_path / "sparse")
+    corpus = tmp_path / "text"
+    corpus.mkdir()
+    write_jsonl(corpus / "train.jsonl", [{"text": "a b a"}, {"text": "b c"}])
+    write_jsonl(corpus / "val.jsonl", [{"text": "b"}])
+    overrides = ["data=local_jsonl", f"data.train_files=[{corpus}/train.jsonl]",
+                 f"data.validation_files=[{corpus}/val.jsonl]", "tokenizer=gpt2", f"tokenizer.name={tokenizer}"]
+    index = token_writer.pretokenize(compose_config(overrides), tmp_path / "tokens", workers=1)
+    assert index["dtype"] == "uint32"
+    assert TokenSplit(tmp_path / "tokens", "train").read(0, 7).tolist() == [0, 70_000, 0, 1, 70_000, 2, 1]
+
+    token_writer._init_worker(str(tokenizer), "sparse-words", "text", "error", "uint16", pooled=False)
+    with pytest.raises(ValueError, match="tokenizer sparse-words gave token id 70000, which uint16"):
+        token_writer._encode_chunk(["a b"])
+
+
 def test_a_folder_is_never_written_with_another_tokenizer_or_data(tmp_path, pretokenized, corpus, tokenizer_dir,
                                                                    tiny_tokenizer):
     other = tmp_path / "other-tokenizer"
@@ -143,9 +228,32 @@ def test_a_folder_is_never_written_with_another_tokenizer_or_data(tmp_path, pret
     index["complete"] = False
     index["tokenizer"]["hash"] = "0" * 64
     (pretokenized / "index.json").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match="another tokenizer"):
+    with pytest.raises(ValueError, match="another tokenizer") as error:
         token_writer.pretokenize(compose_config(data_overrides(corpus, tokenizer_dir)), pretokenized, workers=1,
                                  shard_tokens=20_000)
+    assert "is installed" not in str(error.value)  # the same tokenizers release: no hint
+    index["tokenizer"]["tokenizers_version"] = "0.0.1"
+    (pretokenized / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"another tokenizer .*written with tokenizers 0\.0\.1 but "
+                                         rf"{tokenizers_version()} is installed"):
+        token_writer.pretokenize(compose_config(data_overrides(corpus, tokenizer_dir)), pretokenized, workers=1,
+                                 shard_tokens=20_000)
+
+
+def test_a_hash_mismatch_names_another_tokenizers_release_as_the_likely_cause(pretokenized):
+    cfg = tokens_cfg(pretokenized)
+    index = json.loads((pretokenized / "index.json").read_text())
+    assert index["tokenizer"]["tokenizers_version"] == tokenizers_version()
+    index["tokenizer"]["hash"] = "0" * 64  # as if this release serialized the saved tokenizer differently
+    (pretokenized / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="hash differs") as error:
+        load_tokenizer(cfg.data)
+    assert "is installed" not in str(error.value)
+    index["tokenizer"]["tokenizers_version"] = "0.0.1"
+    (pretokenized / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"hash differs .*written with tokenizers 0\.0\.1 but "
+                                         rf"{tokenizers_version()} is installed: .*likely cause"):
+        load_tokenizer(cfg.data)
 
 
 def test_max_tokens_writes_a_prefix_and_the_script_names_the_train_command(tmp_path, corpus, tokenizer_dir, capsys):
@@ -212,6 +320,21 @@ def test_block_order_is_a_permutation_that_changes_with_seed_and_epoch(n):
         assert not np.array_equal(BlockOrder(n, seed=4)(0, np.arange(n)), first)
 
 
+def test_a_block_order_keeps_no_reference_to_itself_beyond_its_life():
+    """Its round keys are cached per instance: an order no longer used is freed (a cache on the class kept it)."""
+    import gc
+    import weakref
+
+    order = BlockOrder(1000, seed=3)
+    first = order(0, np.arange(1000))
+    assert np.array_equal(order(0, np.arange(1000)), first)
+    assert np.array_equal(order(1, np.arange(5)), BlockOrder(1000, seed=3)(1, np.arange(5)))
+    alive = weakref.ref(order)
+    del order
+    gc.collect()
+    assert alive() is None
+
+
 def take(stream, k):
     return torch.stack([next(stream) for _ in range(k)])
 
@@ -270,6 +393,15 @@ def test_data_tokens_config_errors_name_the_key(tmp_path, pretokenized):
         validate_config(compose_config(TINY + ["data=tokens", f"data.path={tmp_path}"]))
     with pytest.raises(ConfigError, match=r"tokenizer.kind='bpe', but data.path=.* tokenizer.kind='pretrained'"):
         validate_config(compose_config(TINY + ["data=tokens", f"data.path={pretokenized}"]))
+    docs = pretokenized / "train-00000.docs.npy"
+    docs.rename(docs.with_suffix(".bak"))
+    with pytest.raises(ValueError, match=r"train-00000.docs.npy \(the document ends of train-00000.bin\) should hold "
+                                         r"\d+ offsets but is missing"):
+        check_token_folder(tokens_cfg(pretokenized).data)
+    np.save(docs, np.load(docs.with_suffix(".bak"))[:-1])  # one document short
+    with pytest.raises(ValueError, match=r"train-00000.docs.npy .* but is \(\d+,\)"):
+        check_token_folder(tokens_cfg(pretokenized).data)
+    docs.with_suffix(".bak").rename(docs)
     (pretokenized / "train-00001.bin").write_bytes(b"\0" * 10)
     with pytest.raises(ConfigError, match="train-00001.bin should hold"):
         validate_config(compose_config(TINY + ["data=tokens", f"data.path={pretokenized}", "tokenizer=gpt2",

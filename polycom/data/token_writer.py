@@ -9,7 +9,8 @@ processes, appended in source order to token shards of about ``shard_tokens`` to
   number of source rows read up to its last document. A killed run started again skips those rows (read, not
   tokenized) and writes the next shard; the result equals an uninterrupted run.
 - One tokenizer per folder: the folder keeps the tokenizer (``tokenizer/``) and its hash; writing into a folder
-  made with another tokenizer, data config or shard settings is refused.
+  made with another tokenizer, data config or shard settings is refused. The index is written before the tokenizer
+  is saved, so a run killed at any point leaves a folder the same command continues.
 - Documents are tokenized exactly as the streaming path does (``polycom.data.packing.encode_documents``): tokens
   then EOS, empty documents and (``data.bad_rows=skip``) malformed rows skipped and counted.
 """
@@ -31,12 +32,14 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 from omegaconf import OmegaConf
 
-from polycom.data.tokens import FORMAT, INDEX, SPLITS, TOKENIZER_DIR, token_dtype, tokenizer_hash
+from polycom.data.tokens import (FORMAT, INDEX, SPLITS, TOKENIZER_DIR, hash_mismatch_hint, token_dtype, token_id_bound,
+                                 tokenizer_hash, tokenizers_version)
 
 log = logging.getLogger(__name__)
 
 CHUNK_CHARS = 1 << 20  # characters per task sent to a worker
 CHUNK_ROWS = 1024  # and at most this many rows
+_TMP_TOKENIZER = ".tokenizer-"  # prefix of the folder a tokenizer is saved into before its rename to tokenizer/
 PROGRESS_SECONDS = 60  # a progress line at most this often
 
 _WORKER: dict = {}  # the tokenizer and settings of this (worker) process
@@ -77,22 +80,23 @@ def pretokenize(cfg, out, workers: int = 0, shard_tokens: int = 50_000_000,
     digest = tokenizer_hash(tokenizer)
     if index is not None and index["tokenizer"]["hash"] != digest:
         raise ValueError(f"{out} holds tokens of another tokenizer ({index['tokenizer']['name']}, hash "
-                         f"{index['tokenizer']['hash'][:12]}; this one: {digest[:12]}): one folder never mixes "
-                         "tokenizers; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    _save_tokenizer(tokenizer, out / TOKENIZER_DIR)
+                         f"{index['tokenizer']['hash'][:12]}; this one: {digest[:12]}){hash_mismatch_hint(index)}: "
+                         "one folder never mixes tokenizers; choose another --out")
     if index is None:
         name = (f"bpe-{cfg.tokenizer.vocab_size}-{Path(tokenizer.name_or_path).name}" if cfg.tokenizer.kind == "bpe"
                 else str(cfg.tokenizer.name))
-        index = {"format": FORMAT, "complete": False, "dtype": token_dtype(len(tokenizer)).name,
+        index = {"format": FORMAT, "complete": False, "dtype": token_dtype(token_id_bound(tokenizer)).name,
                  "tokenizer": {"name": name, "hash": digest, "vocab_size": len(tokenizer),
-                               "eos_token_id": tokenizer.eos_token_id},
+                               "eos_token_id": tokenizer.eos_token_id, "tokenizers_version": tokenizers_version()},
                  "source": source, "settings": settings,
                  "splits": {split: _empty_split() for split in SPLITS}}
-        _write_index(out, index)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_index(out, index)  # first: from here on a killed run is continued, whatever it was doing
+    _save_tokenizer(tokenizer, out / TOKENIZER_DIR)
 
     workers = workers or os.cpu_count() or 1
-    with _Encoder(out / TOKENIZER_DIR, cfg.data, np.dtype(index["dtype"]), workers) as encoder:
+    with _Encoder(out / TOKENIZER_DIR, index["tokenizer"]["name"], cfg.data, np.dtype(index["dtype"]),
+                  workers) as encoder:
         for split in SPLITS:
             _write_split(cfg.data, split, out, index, encoder, shard_tokens, max_tokens[split])
     index["complete"] = True
@@ -106,10 +110,12 @@ def _empty_split() -> dict:
 
 
 def _existing_index(out: Path, source: dict, settings: dict) -> Optional[dict]:
-    """The index of an earlier (maybe killed) run into ``out``, if it was made from the same settings."""
+    """The index of an earlier (maybe killed) run into ``out``, if it was made from the same settings. A folder with
+    no index that holds only what a run killed before its first index leaves (a half-saved tokenizer, a half-written
+    index) counts as new."""
     file = out / INDEX
     if not file.is_file():
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and not all(_leftover(entry) for entry in out.iterdir()):
             raise ValueError(f"{out} is not empty and holds no {INDEX}: choose a new or empty --out folder")
         return None
     index = json.loads(file.read_text())
@@ -130,10 +136,19 @@ def _first_difference(old, new, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {old!r} there, {new!r} now"
 
 
+def _leftover(entry: Path) -> bool:
+    """Whether ``entry`` is a temporary file or folder of a killed run: one a new run may replace."""
+    return (entry.name.startswith(_TMP_TOKENIZER) and entry.is_dir()) or entry.name == f".{INDEX}.tmp"
+
+
 def _save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save into a temporary sibling, then rename: ``folder`` holds the whole tokenizer or does not exist. Removes
+    the temporary folders of saves that were killed."""
+    for entry in folder.parent.glob(f"{_TMP_TOKENIZER}*"):
+        shutil.rmtree(entry, ignore_errors=True)
     if (folder / "tokenizer.json").is_file():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_TOKENIZER, dir=folder.parent))
     try:
         tokenizer.save_pretrained(tmp)
         os.rename(tmp, folder)
@@ -152,6 +167,10 @@ def _write_split(data_cfg, split: str, out: Path, index: dict, encoder: "_Encode
     from polycom.data.sources import text_stream
 
     record = index["splits"][split]
+    if not record["done"] and max_tokens is not None and record["num_tokens"] >= max_tokens:
+        # killed after the shard that reached the cap was recorded, before the split was marked done: it is done
+        record["done"] = True
+        _write_index(out, index)
     if record["done"]:
         return
     rows = iter(text_stream(data_cfg, split))
@@ -233,13 +252,14 @@ def _write_aside(path: Path, write) -> None:
 
 # ------------------------------------------------------------------------------------------ tokenizing
 
-def _init_worker(tokenizer_dir: str, text_field: str, bad_rows: str, dtype: str, pooled: bool = True) -> None:
+def _init_worker(tokenizer_dir: str, name: str, text_field: str, bad_rows: str, dtype: str,
+                 pooled: bool = True) -> None:
     if pooled:  # one thread per worker process: the processes are the parallelism
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from transformers import AutoTokenizer
 
-    _WORKER.update(tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), text_field=text_field, bad_rows=bad_rows,
-                   dtype=np.dtype(dtype))
+    _WORKER.update(tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), name=name, text_field=text_field,
+                   bad_rows=bad_rows, dtype=np.dtype(dtype))
 
 
 def _encode_chunk(values: list) -> Tuple[np.ndarray, np.ndarray]:
@@ -249,16 +269,20 @@ def _encode_chunk(values: list) -> Tuple[np.ndarray, np.ndarray]:
     encoded = encode_documents(values, _WORKER["tokenizer"], _WORKER["text_field"], _WORKER["bad_rows"])
     lengths = np.array([-1 if ids is None else len(ids) for ids in encoded], dtype=np.int64)
     kept = [ids for ids in encoded if ids]
-    tokens = np.fromiter((t for ids in kept for t in ids), dtype=_WORKER["dtype"], count=int(lengths[lengths > 0].sum()))
-    return lengths, tokens
+    tokens = np.fromiter((t for ids in kept for t in ids), dtype=np.int64, count=int(lengths[lengths > 0].sum()))
+    dtype = _WORKER["dtype"]
+    if tokens.size and tokens.max() > np.iinfo(dtype).max:
+        raise ValueError(f"tokenizer {_WORKER['name']} gave token id {tokens.max()}, which {dtype.name} (chosen from "
+                         f"its vocabulary's largest id) cannot hold: its vocabulary does not list every id it gives")
+    return lengths, tokens.astype(dtype)
 
 
 class _Encoder:
     """Tokenizes chunks of rows in worker processes and gives the results back in order, with a bounded number of
     chunks in flight (``Pool.imap`` would read the whole source ahead into memory)."""
 
-    def __init__(self, tokenizer_dir: Path, data_cfg, dtype: np.dtype, workers: int):
-        self.args = (str(tokenizer_dir), data_cfg.text_field, data_cfg.bad_rows, dtype.name)
+    def __init__(self, tokenizer_dir: Path, name: str, data_cfg, dtype: np.dtype, workers: int):
+        self.args = (str(tokenizer_dir), name, data_cfg.text_field, data_cfg.bad_rows, dtype.name)
         self.workers = workers
         self.pool = None
 

@@ -192,12 +192,12 @@ def _line_points(cells: Cells, means: dict, budget: str, act: str, rungs: list[s
 
 
 def _fit_lines(cells: Cells, means: dict, lines: dict, acts: list[str]) -> dict:
-    """{(budget, act): PowerLaw} for every line with >= 3 rungs of that activation."""
+    """{(budget, act): PowerLaw} for every line with >= 3 distinct computes of that activation."""
     fits = {}
     for budget, rungs in lines.items():
         for act in acts:
             keys, c, y = _line_points(cells, means, budget, act, rungs)
-            if len(keys) >= 3 and np.unique(c).size >= 2:
+            if np.unique(c).size >= 3:
                 fits[(budget, act)] = scaling.fit_power_law(c, y)
     return fits
 
@@ -238,8 +238,8 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
     means = cells.means()
     fits = _fit_lines(cells, means, lines, acts)
     if not any(a == baseline for _, a in fits):
-        raise ValueError(f"the baseline {baseline!r} has no budget line with >= 3 rungs: nothing to fit L(C) to "
-                         f"(lines: {', '.join(f'{b}: {len(r)} rungs' for b, r in lines.items())})")
+        raise ValueError(f"the baseline {baseline!r} has no budget line with >= 3 rungs of distinct compute: nothing "
+                         f"to fit L(C) to (lines: {', '.join(f'{b}: {len(r)} rungs' for b, r in lines.items())})")
     mult = _multipliers(cells, means, fits, lines, acts, baseline)
     trends = _trends(cells, mult, lines, acts)
     c_max = max(i["compute"] for i in cells.info.values())
@@ -361,7 +361,7 @@ def _extrapolation(cells, means, fits, boot_gap, lines, target, act, baseline, c
         try:
             chin[name] = scaling.fit_chinchilla(*zip(*pts)) if pts else None
         except ValueError as err:
-            out["chinchilla"] = {"skipped": str(err)}
+            out["chinchilla"] = {"skipped": f"{name}: {err}"}
             return out
     if all(chin.values()):
         point = lambda law: float(law(target["params"], target["tokens"]))  # noqa: E731
@@ -372,11 +372,15 @@ def _extrapolation(cells, means, fits, boot_gap, lines, target, act, baseline, c
             for name in (act, baseline):
                 pts = [(cells.info[(r, b, a)]["params"], cells.info[(r, b, a)]["tokens"], v)
                        for ((r, b), a), v in sample.items() if a == name]
-                gaps.append(point(scaling.fit_chinchilla(*zip(*pts), start=chin[name])))
+                try:
+                    gaps.append(point(scaling.fit_chinchilla(*zip(*pts), start=chin[name])))
+                except scaling.FitError:  # a replicate whose refit did not converge: nan, left out of the interval
+                    gaps.append(math.nan)
             samples.append(gaps[0] - gaps[1])
         out["chinchilla"] = {"fits": {name: law.to_dict() for name, law in chin.items()},
                              "gap": point(chin[act]) - point(chin[baseline]),
                              "gap_ci95": list(scaling.percentile_interval(samples)),
+                             "replicates_used": int(np.sum(~np.isnan(np.asarray(samples, dtype=float)))),
                              act: point(chin[act]), baseline: point(chin[baseline]),
                              "params_beyond_data": target["params"] / max(c["params"] for c in cells.info.values()),
                              "tokens_beyond_data": target["tokens"] / max(c["tokens"] for c in cells.info.values())}
@@ -423,8 +427,13 @@ def markdown(result: dict) -> str:
         for act in acts:
             f = result["activations"][act]["fits"].get(budget)
             if f:
+                bound = " ‡" if f.get("alpha_at_bound") else ""
                 out.append(f"| {budget} | {act} | {_g(f['E'], 4)} {_ci(f['E_ci95'])} | {_g(f['A'])} | "
-                           f"{_g(f['alpha'])} {_ci(f['alpha_ci95'])} | {f['points']} |")
+                           f"{_g(f['alpha'])}{bound} {_ci(f['alpha_ci95'])} | {f['points']} |")
+    if any(f.get("alpha_at_bound") for a in acts for f in result["activations"][a]["fits"].values()):
+        lo, hi = scaling.ALPHA_RANGE
+        out += ["", f"‡ α at an end of its range [{lo:g}, {hi:g}]: the bound, not the data, set it (a flat or "
+                    "rising line, or too little curvature); that line's E, A and extrapolation follow from it."]
     out += ["", f"## Per rung: loss, compute multiplier vs {base} (95% CI), wall-clock multiplier", ""]
     rungs = []
     for budget_rungs in lines.values():

@@ -4,6 +4,7 @@ the compute multiplier of one activation against another, and a bootstrap over s
 - ``PowerLaw``: ``L(C) = E + A * C**-alpha``, fitted by variable projection: for a given ``alpha`` the law is linear
   in ``(E, A)``, solved in closed form (``E >= 0``, ``A >= 0``), and ``alpha`` is searched on a log grid and refined
   by a bounded scalar search. Compute is scaled by a reference (the data's geometric mean) so nothing overflows.
+  ``at_bound`` marks an alpha at an end of ``ALPHA_RANGE``: the data did not pin it down.
 - ``Chinchilla``: ``L(N, D) = E + A * N**-alpha + B * D**-beta`` (Hoffmann et al. 2022, approach 3: Huber loss, delta
   1e-3, on log losses, from a grid of starting points).
 - ``compute_multiplier``: the compute the baseline would need to reach a loss (its law inverted), divided by the
@@ -25,15 +26,21 @@ from scipy import optimize, stats
 ALPHA_RANGE = (1e-3, 3.0)
 
 
+class FitError(ValueError):
+    """The optimiser stopped without converging (scipy's ``least_squares`` reported no success)."""
+
+
 # ---- L(C) = E + A C^-alpha --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PowerLaw:
-    """``L(C) = E + a * (C / c_ref) ** -alpha``; ``A = a * c_ref ** alpha`` in the usual form."""
+    """``L(C) = E + a * (C / c_ref) ** -alpha``; ``A = a * c_ref ** alpha`` in the usual form. ``at_bound``: the
+    fit's alpha lies within one grid step (2%) of an end of ``ALPHA_RANGE``, so the bound, not the data, set it."""
 
     E: float
     a: float
     alpha: float
     c_ref: float
+    at_bound: bool = False
 
     @property
     def A(self) -> float:
@@ -51,7 +58,8 @@ class PowerLaw:
         return np.where((excess > 0) & (self.a > 0), compute, np.inf)
 
     def to_dict(self) -> dict:
-        return {"E": self.E, "A": self.A, "alpha": self.alpha, "form": "L(C) = E + A * C^-alpha"}
+        return {"E": self.E, "A": self.A, "alpha": self.alpha, "alpha_at_bound": self.at_bound,
+                "form": "L(C) = E + A * C^-alpha"}
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,11 +81,13 @@ def _linear_fit(x: np.ndarray, y: np.ndarray, alphas: np.ndarray) -> tuple[np.nd
 
 
 def fit_power_law(compute, loss) -> PowerLaw:
-    """Least squares of ``L(C) = E + A C^-alpha`` (E >= 0, A >= 0, alpha in ALPHA_RANGE); needs >= 3 points at
-    >= 2 distinct computes. With 3 points the law passes through them: no residual is left to judge the fit."""
+    """Least squares of ``L(C) = E + A C^-alpha`` (E >= 0, A >= 0, alpha in ALPHA_RANGE); needs >= 3 distinct
+    computes (3 parameters: at 2 computes any alpha fits as well as another once E and A follow it). With 3 computes
+    the law passes through their means: no residual is left to judge the fit."""
     c, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    if c.size < 3 or np.unique(c).size < 2:
-        raise ValueError(f"a power law L(C) needs >= 3 points at >= 2 computes, got {c.size}")
+    if np.unique(c).size < 3:
+        raise ValueError(f"a power law L(C) needs >= 3 distinct computes (3 parameters), got {np.unique(c).size} "
+                         f"in {c.size} points")
     c_ref = float(np.exp(np.log(c).mean()))
     x = np.log(c / c_ref)
     grid = np.geomspace(*ALPHA_RANGE, 400)
@@ -88,7 +98,8 @@ def fit_power_law(compute, loss) -> PowerLaw:
                                     method="bounded", options={"xatol": 1e-10})
     alpha = float(best.x) if best.fun <= sse[i] else float(grid[i])
     _, E, a = _linear_fit(x, y, np.array([alpha]))
-    return PowerLaw(E=float(E[0]), a=float(a[0]), alpha=alpha, c_ref=c_ref)
+    return PowerLaw(E=float(E[0]), a=float(a[0]), alpha=alpha, c_ref=c_ref,
+                    at_bound=bool(alpha <= grid[1] or alpha >= grid[-2]))
 
 
 # ---- L(N, D) = E + A N^-alpha + B D^-beta -----------------------------------------------------------------------
@@ -112,11 +123,20 @@ def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chi
     """Hoffmann et al. (2022) approach 3: minimise the Huber loss (delta 1e-3) of log L_hat - log L, with
     ``L_hat = exp(e) + exp(a - alpha log N) + exp(b - beta log D)`` (so E, A, B > 0), from a grid of 8 starts, or from
     ``start`` alone (a bootstrap replicate starting at the full data's fit). log N and log D are centred on their
-    means in the parametrisation (a and alpha would otherwise be almost collinear). Needs >= 6 points with >= 2
-    distinct N and >= 2 distinct D (5 parameters)."""
+    means in the parametrisation (a and alpha would otherwise be almost collinear).
+
+    Needs >= 6 points (5 parameters) at >= 3 distinct N and >= 3 distinct D (at 2, E and that term's coefficient and
+    exponent are not separable), and tokens per parameter D/N spanning at least a factor 2 (two budget lines or more):
+    on one D/N line log N and log D are collinear and the law is not identified (alpha and beta trade off). Raises
+    ``FitError`` when no start converges."""
     n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, loss))
-    if y.size < 6 or np.unique(n).size < 2 or np.unique(d).size < 2:
-        raise ValueError(f"L(N, D) needs >= 6 points over >= 2 N and >= 2 D, got {y.size}")
+    ratio = np.log(d / n)
+    span = float(np.ptp(ratio)) if ratio.size else 0.0
+    if y.size < 6 or np.unique(n).size < 3 or np.unique(d).size < 3 or span < math.log(2) - 1e-9:
+        got = f", D/N from {np.exp(ratio.min()):.3g} to {np.exp(ratio.max()):.3g}" if ratio.size else ""
+        raise ValueError(f"L(N, D) needs >= 6 points at >= 3 distinct N and >= 3 distinct D, with tokens per parameter "
+                         f"D/N spanning a factor >= 2 (two or more budget lines; on one D/N line N and D are "
+                         f"collinear); got {y.size} points, {np.unique(n).size} N, {np.unique(d).size} D{got}")
     mn, md = np.log(n).mean(), np.log(d).mean()
     ln_n, ln_d, ln_y = np.log(n) - mn, np.log(d) - md, np.log(y)
 
@@ -142,13 +162,15 @@ def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chi
             for alpha0 in (0.2, 0.5):
                 for beta0 in (0.2, 0.5):
                     starts.append([math.log(y.min() * floor), rest, alpha0, rest, beta0])
-    best = None
-    for p0 in starts:
-        fit = optimize.least_squares(residuals, p0, jac=jacobian, loss="huber", f_scale=1e-3, x_scale="jac",
-                                     bounds=([-10, -50, 0.0, -50, 0.0], [10, 50, 3.0, 50, 3.0]))
-        if best is None or fit.cost < best.cost:
-            best = fit
-    e, a, alpha, b, beta = best.x
+    lb, ub = np.array([-10, -50, 0.0, -50, 0.0]), np.array([10, 50, 3.0, 50, 3.0])
+    # each start clipped into the (closed) bounds: one rebuilt from a fit through exp/log can land an ulp outside.
+    # max_nfev 4x scipy's default (500): ~1% of bootstrap refits on a flat valley need 510-550 evaluations
+    fits = [optimize.least_squares(residuals, np.clip(p0, lb, ub), jac=jacobian, loss="huber", f_scale=1e-3,
+                                   x_scale="jac", bounds=(lb, ub), max_nfev=2000) for p0 in starts]
+    converged = [fit for fit in fits if fit.success]
+    if not converged:
+        raise FitError(f"L(N, D): least_squares did not converge from any of {len(fits)} start(s): {fits[0].message}")
+    e, a, alpha, b, beta = min(converged, key=lambda fit: fit.cost).x
     return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a + alpha * mn)), alpha=float(alpha),
                       B=float(np.exp(b + beta * md)), beta=float(beta))
 
@@ -161,9 +183,12 @@ def compute_multiplier(baseline: PowerLaw, loss, compute):
 
 def trend(compute, multiplier) -> float:
     """Least-squares slope of ln(multiplier) on ln(compute): the multiplier grows by a factor e^slope per e-fold of
-    compute (x 10^slope per decade). nan when a multiplier is not finite or fewer than 2 computes."""
+    compute (x 10^slope per decade). nan when a multiplier is not finite and positive, or the computes hold fewer
+    than 2 distinct values (no slope)."""
     c, m = np.asarray(compute, dtype=float), np.asarray(multiplier, dtype=float)
-    if c.size < 2 or not np.all(np.isfinite(m)) or np.any(m <= 0):
+    if c.shape != m.shape:
+        raise ValueError(f"trend: {c.size} computes but {m.size} multipliers")
+    if np.unique(c).size < 2 or not np.all(np.isfinite(m)) or np.any(m <= 0):
         return math.nan
     x, y = np.log(c), np.log(m)
     x = x - x.mean()
