@@ -117,3 +117,26 @@ def test_a_position_that_is_not_in_the_data_is_refused(corpus_cfg, tiny_tokenize
     too_far_in = {**position, "offset": 10**6}
     with pytest.raises(ValueError, match="is not in this rank's data: the training data changed"):
         next(train_blocks(cfg, tiny_tokenizer, SEQ_LEN, seed=0, start_block=10, position=too_far_in))
+
+
+def test_the_trainer_takes_its_own_rank_s_saved_position_and_warns_when_the_world_size_changed(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from polycom.train.checkpoint import TRAINER_STATE
+    from polycom.train.trainer import _saved_data_position
+
+    def ranks(world, rank=0):
+        return SimpleNamespace(num_processes=world, process_index=rank, is_main_process=rank == 0)
+
+    (tmp_path / TRAINER_STATE).write_text(json.dumps({"step": 3, "data_positions": [{"row": 5}, {"row": 9}]}))
+    assert _saved_data_position(tmp_path, ranks(2, 1)) == {"row": 9}
+    assert _saved_data_position(None, ranks(2, 1)) is None
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        assert _saved_data_position(tmp_path, ranks(4, 0)) is None
+    assert "written by 2 processes and this run has 4" in caplog.text
+    caplog.clear()
+    (tmp_path / TRAINER_STATE).write_text(json.dumps({"step": 3, "data_positions": [None, None]}))  # data=tokens
+    with caplog.at_level("WARNING"):
+        assert _saved_data_position(tmp_path, ranks(4, 0)) is None
+    assert not caplog.records

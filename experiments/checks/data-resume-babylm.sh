@@ -32,8 +32,8 @@ from polycom.data.tokens import TokenSplit, read_index
 a, b = sys.argv[1:]
 for split in ("train", "validation"):
     x, y = (TokenSplit(p, split, read_index(p)) for p in (a, b))
-    same = x.num_tokens == y.num_tokens and all(np.array_equal(x.read(s, 1 << 22), y.read(s, 1 << 22))
-                                                for s in range(0, x.num_tokens, 1 << 22))
+    chunks = [(s, min(1 << 22, x.num_tokens - s)) for s in range(0, x.num_tokens, 1 << 22)]
+    same = x.num_tokens == y.num_tokens and all(np.array_equal(x.read(*c), y.read(*c)) for c in chunks)
     print(f"1. {split}: {x.num_tokens:,} vs {y.num_tokens:,} tokens, identical: {same}")
 PY
 

@@ -61,7 +61,14 @@ def _saved_data_position(folder: Path | None, accelerator) -> dict | None:
     if folder is None:
         return None
     positions = ckpt.read_trainer_state(folder).get("data_positions")
-    if not positions or len(positions) != accelerator.num_processes:
+    if not positions or not any(positions):
+        return None
+    if len(positions) != accelerator.num_processes:
+        if accelerator.is_main_process:
+            log.warning("the checkpoint was written by %d processes and this run has %d: streaming data is split by "
+                        "process, so each process fast-forwards through its new part of the data, which differs from "
+                        "what the uninterrupted run would have read (data=tokens does not depend on the number of "
+                        "processes)", len(positions), accelerator.num_processes)
         return None
     return positions[accelerator.process_index]
 
