@@ -8,7 +8,8 @@
 The config is composed and validated as train.py does it (the world size is the number of processes
 ``accelerate launch`` would start); the parallelism is the config's ``parallel`` group. Prints the peak per GPU
 with its breakdown; ``--json`` writes it (``peak_bytes_per_gpu``, ``fits``, ``breakdown``, ``flops``, ...). Exit
-status 0 when it fits, 1 when it does not, 2 for a config error. How it works: polycom/train/memory.py.
+status 0 when it fits, 1 when it does not, 2 for a config error or a config the estimator cannot run. How it
+works: polycom/train/memory.py.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ def main(argv=None) -> int:
     parser.add_argument("--world-size", type=int, default=1, help="processes (GPUs) of the run (default 1)")
     parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="memory of one GPU (default 80)")
     parser.add_argument("--headroom", type=float, default=0.1,
-                        help="share of the GPU kept free for the CUDA context and fragmentation (default 0.1)")
+                        help="share of the GPU kept free for the CUDA context and fragmentation, in [0, 1) "
+                             "(default 0.1)")
     parser.add_argument("--vocab-size", type=int, default=None,
-                        help="the model's vocabulary (default: from the tokenizer config)")
+                        help="the tokenizer's size, len(tokenizer), padded to a multiple of 64 as the trainer pads "
+                             "it (default: from the tokenizer config)")
     parser.add_argument("--json", default=None, help="write the estimate here")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=paper_dense_1b")
     args = parser.parse_args(argv)
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
         estimate = estimate_memory(compose_config(args.overrides), world_size=args.world_size,
                                    gpu_memory_gib=args.gpu_memory_gib, headroom=args.headroom,
                                    vocab_size=args.vocab_size)
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, NotImplementedError) as err:  # NotImplementedError: what fake tensors cannot run
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(estimate.table())

@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 from scripts_loader import load_script
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from polycom.model.activations import ACTIVATIONS
 from polycom.train import memory
 from polycom.train import build
 from polycom.train.build import compose_config
@@ -158,3 +161,97 @@ def test_the_script_writes_the_estimate_as_json(tmp_path, capsys):
     assert script.main(["--gpu-memory-gib", "0.001", *TINY]) == 1  # does not fit
     assert script.main(["--world-size", "3", *TINY]) == 2  # 16 sequences are not a multiple of 8 x 3
     assert "trainer.global_batch_size=16 is not a multiple" in capsys.readouterr().err
+
+
+# ---- the step as CUDA runs it ------------------------------------------------------------------------------------
+def test_adamw_runs_as_on_cuda_unless_fused_is_configured():
+    """``optim.fused: null`` leaves the implementation to torch, which picks the multi-tensor ("foreach") AdamW for
+    CUDA parameters and the single-tensor loop for CPU ones: the estimate runs it as on CUDA, whose
+    ``_foreach_sqrt`` of the second moments holds an fp32 temporary the size of a whole parameter group (the peak
+    of a tiny step, where the optimizer dominates). ``fused`` true/false configured explicitly is kept."""
+    overrides = ["model=tiny", "tokenizer.vocab_size=512", "trainer.seq_len=16", "trainer.micro_batch_size=1",
+                 "trainer.global_batch_size=1"]
+    for fused, foreach in (("null", True), ("false", None), ("true", None)):
+        cfg = compose_config(overrides + [f"optim.fused={fused}"])
+        step = memory.build_training_step(cfg, vocab_size=512)
+        assert {g["foreach"] for g in step.optimizer.param_groups} == {foreach}, fused
+
+    default, single = _estimate(overrides), _estimate(overrides + ["optim.fused=false"])
+    params = default.setup["num_params"]
+    decay = sum(p.numel() for p in step.optimizer.param_groups[0]["params"])  # the largest group
+    assert default.breakdown["optimizer"] >= 2 * 4 * params + 4 * decay  # exp_avg, exp_avg_sq + sqrt(exp_avg_sq)
+    assert single.breakdown["optimizer"] < 2 * 4 * params + 4 * decay
+    assert default.peak_bytes_per_gpu > single.peak_bytes_per_gpu
+
+
+class _OpsCudaAutocastRecasts(TorchDispatchMode):
+    """Records the ops called on a bf16/fp16 tensor that CUDA autocast re-casts and CPU autocast does not: an
+    ``AutocastCUDA`` kernel in torch's dispatcher and no ``AutocastCPU`` one (``pow``, ``rsqrt``, ``sum``,
+    ``softmax``, ... run in fp32 on CUDA). On such an op the CPU estimate would miss CUDA's fp32 copies."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+        name = func.name()
+        if has_kernel(name, "AutocastCUDA") and not has_kernel(name, "AutocastCPU") and any(
+                isinstance(a, torch.Tensor) and a.dtype in (torch.bfloat16, torch.float16)
+                for a in tree_leaves((args, kwargs))):
+            self.seen.add(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_the_bf16_forward_calls_no_op_cuda_autocast_runs_in_fp32(activation):
+    """The estimate's CPU autocast stands in for CUDA's only where the model calls no op that CUDA autocast casts to
+    fp32 on a bf16 input (polycom/train/memory.py, "Precision"). A bf16 forward with loss of the tiny dense and MoE
+    models, every activation, the torch-op bodies the estimate runs. (ReLU² as ``relu(x).square()`` failed here:
+    ``pow``.)"""
+    for model in ("tiny", "moe_tiny"):
+        cfg = compose_config([f"model={model}", f"activation={activation}", "tokenizer.vocab_size=512"])
+        ids = torch.randint(0, 512, (2, 32))
+        with memory.torch_op_kernels():
+            net = build.build_model(cfg, vocab_size=512)
+            with torch.autocast("cpu", dtype=torch.bfloat16), _OpsCudaAutocastRecasts() as ops:
+                net(ids, labels=ids).loss
+        assert not ops.seen, f"{model}: {sorted(ops.seen)}"
+
+
+# ---- refusals and input checks -----------------------------------------------------------------------------------
+MOE_TINY_BF16 = ["model=moe_tiny", "tokenizer.vocab_size=512", "trainer.seq_len=64", "trainer.micro_batch_size=2",
+                 "trainer.global_batch_size=2", "trainer.mixed_precision=bf16"]
+
+
+def test_moe_experts_that_read_counts_on_the_host_are_refused_up_front(capsys):
+    """The experts' Python loop splits rows by token counts read on the host, which fake tensors do not have (every
+    read answers 1: the split would fail deep in the step with an opaque shape error). An expert width that is not
+    a multiple of 16 bytes takes the loop; so does ``expert_backend='loop'``."""
+    unaligned = MOE_TINY_BF16 + ["model.ffn_width_multiple=1", "model.moe_intermediate_size=36"]  # h = 54
+    with pytest.raises(NotImplementedError, match=r"expert_backend='auto'.*multiples of 8 \(torch.bfloat16"):
+        _estimate(unaligned)
+    script = load_script("estimate_memory")
+    assert script.main(unaligned) == 2
+    assert "Python loop" in capsys.readouterr().err
+
+    model = build.build_model(compose_config(MOE_TINY_BF16), vocab_size=512)
+    memory._refuse_host_reads(model, torch.bfloat16)  # aligned, auto: grouped_mm
+    model.model.layers[1].mlp.expert_backend = "loop"
+    with pytest.raises(NotImplementedError, match=r"model.layers.1.mlp: .*expert_backend='loop'"):
+        memory._refuse_host_reads(model, torch.bfloat16)
+
+
+def test_the_vocabulary_is_padded_as_the_trainer_pads_it_and_bad_arguments_are_refused(capsys):
+    cfg = compose_config(TINY)
+    assert memory.vocab_size_for(cfg, 50257)[0] == 50304  # GPT-2's tokenizer, as the trainer pads it
+    assert memory.vocab_size_for(cfg, 50304)[0] == 50304
+    assert memory.vocab_size_for(cfg)[0] == 512
+    assert _estimate(TINY, vocab_size=500).setup["vocab_size"] == 512
+
+    script = load_script("estimate_memory")
+    for argv, message in ((["--headroom", "1.5"], "--headroom"), (["--headroom", "-0.1"], "--headroom"),
+                          (["--vocab-size", "0"], "--vocab-size"), (["--gpu-memory-gib", "0"], "--gpu-memory-gib")):
+        assert script.main([*argv, *TINY]) == 2, argv
+        assert message in capsys.readouterr().err, argv

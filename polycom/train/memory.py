@@ -9,8 +9,26 @@ FSDP) follows every tensor storage the step creates and frees, and records the p
 
 - **Precision**: ``trainer.mixed_precision`` as Accelerate runs it: the forward under autocast with its outputs
   converted to fp32 (``Accelerator.prepare_model``; the logits too), the step inside ``accelerator.autocast()``;
-  fp32 weights, gradients and AdamW states. CPU autocast stands in for CUDA's: matmuls and attention run in
-  bf16 under both, norms, routing and the loss in fp32 as the model asks.
+  fp32 weights, gradients and AdamW states. CPU autocast stands in for CUDA's, and agrees with it on the casts to
+  bf16: matmuls (``linear``, ``mm``, ``bmm``) and ``scaled_dot_product_attention``. It does not model CUDA's casts
+  to fp32: on a bf16 input CUDA autocast runs ``pow``, ``rsqrt``, ``exp``, ``log``, ``reciprocal``, ``softmax``,
+  ``log_softmax``, ``sum``, ``cumsum``, ``prod``, ``logsumexp``, ``norm`` / ``linalg_vector_norm``, ``layer_norm``,
+  ``group_norm`` and ``rms_norm`` (among others: torch's ``AutocastCUDA`` kernels) in fp32, making and keeping an
+  fp32 copy where CPU autocast leaves the op in bf16. The model keeps these ops off bf16 tensors, so both
+  autocasts run them alike: the residual stream is fp32 (the fp32 embedding plus bf16 projections), so every
+  RMSNorm on it gets fp32; the router's softmax and z-loss, the loss and PNGLU upcast explicitly; PolyNorm and
+  PolyReLU switch autocast off and compute in fp32; ReLU² multiplies (``r * r``, no ``pow``); SDPA's softmax is
+  inside the attention kernel. ``tests/test_memory.py`` checks a bf16 forward of every activation, dense and MoE,
+  for such ops (those that reach torch's dispatcher as themselves: ``rms_norm`` decomposes on CPU). Not alike:
+  ``model.qk_norm`` (paper_moe_1b7b) applies ``rms_norm`` to the bf16 q and k projections (and, with
+  ``parallel.param_dtype=bfloat16``, every RMSNorm gets bf16). CUDA casts the input to fp32 and returns fp32;
+  CPU's composite ``rms_norm`` upcasts inside and returns bf16. Different tensors are kept for backward (here: the
+  fp32 upcast, the fp32 normalized rows, the bf16 output and RoPE's bf16 rotation, 12 bytes per element of q and
+  k; on CUDA by our reading 12 with the fused ``rms_norm`` kernel, 16 without); not measured on a GPU.
+- **Optimizer**: AdamW as the config builds it; with ``optim.fused: null`` run as torch runs it on CUDA, the
+  multi-tensor ("foreach") implementation (``as_on_cuda``; on CPU torch would pick the single-tensor loop), whose
+  step holds an fp32 temporary the size of a whole parameter group (in ``optimizer``); ``fused`` true/false as
+  configured.
 - **Steady state**: the AdamW states exist before the tracked step (a first step on zero gradients); with gradient
   accumulation two micro-batches run, the second with the first's gradients (and, as ``train_step`` holds it, the
   first's output) still alive: the largest the peak gets.
@@ -29,7 +47,8 @@ FSDP) follows every tensor storage the step creates and frees, and records the p
 - **Kernels**: the activations run their torch-op bodies (the C kernels are CPU-only and read data pointers),
   as on CUDA, except Liger's PolyNorm where installed ("auto" backend): it keeps an fp32 copy of its bf16 input
   (one more FFN-hidden bf16-sized tensor per layer than estimated, without "activation" checkpointing, which
-  recomputes it).
+  recomputes it). MoE experts run ``grouped_mm``; configs whose experts would read their token counts on the host
+  (per-expert coefficients, the Python loop: unaligned widths) are refused (fake tensors have no values).
 - **Not included**: the CUDA context and allocator fragmentation (``fits`` keeps ``headroom`` of the GPU for
   them), NCCL buffers, ``torch.compile``'s graphs (the estimate is of the eager step; compiled graphs usually keep
   less), validation and checkpoint writes.
@@ -164,6 +183,15 @@ def torch_op_kernels():
         cpu_kernels.ENABLED = enabled
 
 
+def as_on_cuda(optimizer: torch.optim.Optimizer) -> None:
+    """Run ``optimizer`` (built with neither ``foreach`` nor ``fused``) as torch runs it on CUDA: the multi-tensor
+    ("foreach") implementation, which torch picks by default for CUDA parameters (DTensors included) and never for
+    CPU ones. Its memory differs: ``_foreach_sqrt`` of the second moments (and the ops after it) holds an fp32
+    temporary the size of every parameter of a group at once, where the single-tensor loop holds one parameter's."""
+    for group in optimizer.param_groups:
+        group["foreach"] = True
+
+
 @contextlib.contextmanager
 def _fake_process_group(world_size: int):
     """A process group of ``world_size`` ranks that moves no data (rank 0 is this process), and its CPU mesh."""
@@ -267,7 +295,9 @@ def _shard_as_accelerate(model, mesh, parallel_cfg) -> None:
 
 # ---- the estimate ------------------------------------------------------------------------------------------------
 def vocab_size_for(cfg, vocab_size: int | None = None) -> tuple[int, str]:
-    """The model's vocabulary (padded to a multiple of 64, as the trainer pads it) and where it came from."""
+    """The model's vocabulary and where it came from: ``vocab_size`` (the tokenizer's size, ``len(tokenizer)``) if
+    given, else the config's tokenizer; padded to a multiple of 64 either way, as the trainer pads it
+    (``polycom.data.padded_vocab_size``)."""
     from polycom.data.tokenizer import padded_vocab_size
 
     class _Sized:
@@ -278,7 +308,9 @@ def vocab_size_for(cfg, vocab_size: int | None = None) -> tuple[int, str]:
             return self.n
 
     if vocab_size is not None:
-        return vocab_size, "--vocab-size"
+        if vocab_size < 1:
+            raise ValueError(f"vocabulary size {vocab_size} (--vocab-size) must be >= 1")
+        return padded_vocab_size(_Sized(vocab_size)), f"--vocab-size {vocab_size}, padded"
     tok = cfg.tokenizer
     if tok.kind == "bpe":
         return padded_vocab_size(_Sized(tok.vocab_size)), f"tokenizer.vocab_size={tok.vocab_size} (bpe), padded"
@@ -307,6 +339,29 @@ _BREAKDOWN = {  # tracker category -> breakdown key
 }
 
 
+def _refuse_host_reads(model, dtype: torch.dtype) -> None:
+    """Refuse the MoE paths that read the experts' token counts on the host (``counts.tolist()``): fake tensors have
+    no values, and the estimate's stand-in answer (every count 1) cannot split N·k rows. Those are per-expert
+    coefficients and the experts' Python loop; which path runs is the model's own choice
+    (``MoEFeedForward._use_grouped_mm``), asked here for the dtype the experts will see (``dtype``) on the CPU."""
+    from polycom.model.moe import MoEFeedForward
+
+    for name, module in model.named_modules():
+        if not isinstance(module, MoEFeedForward):
+            continue
+        if module.per_expert_act:
+            raise NotImplementedError("model.moe_shared_coefficients=false splits the experts' rows on the host "
+                                      "(values fake tensors do not have): the estimator needs shared coefficients")
+        if not module._use_grouped_mm(torch.empty(0, module.hidden_size, dtype=dtype)):
+            raise NotImplementedError(
+                f"{name}: the experts would run in the Python loop (MoEFeedForward.expert_backend="
+                f"{module.expert_backend!r}, {dtype}, widths d={module.hidden_size}, h={module.expert_hidden_size}), "
+                "which reads each expert's token count on the host: fake tensors have no values. The estimator needs "
+                "the grouped_mm path: expert_backend 'auto' (a module attribute, no config key) and model.hidden_size "
+                f"and the expert width (model.moe_intermediate_size, matched to the activation) multiples of "
+                f"{16 // dtype.itemsize} ({dtype}: 16 bytes)")
+
+
 @dataclass
 class TrainingStep:
     """One optimizer step of a config, ready to run (``run()``): model, AdamW (its states already created), the
@@ -330,17 +385,19 @@ def build_training_step(cfg, vocab_size: int, world_size: int = 1, mesh=None) ->
     forward wrapped as ``Accelerator.prepare_model`` wraps it under mixed precision."""
     from polycom.train.build import build_model
     from polycom.train.optim import build_optimizer
+    from polycom.train.parallel import DTYPES
 
     tc = cfg.trainer
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
     model = build_model(cfg, vocab_size=vocab_size)
-    if any(getattr(m, "per_expert_act", False) for m in model.modules()):
-        raise NotImplementedError("model.moe_shared_coefficients=false splits the experts' rows on the host (values "
-                                  "fake tensors do not have): the estimator needs shared coefficients")
+    param_dtype = cfg.parallel.param_dtype if mesh is not None else None  # what FSDP gathers the weights in
+    _refuse_host_reads(model, dtype or DTYPES[param_dtype or "float32"])  # the dtype the experts compute in
     model.train()
     if mesh is not None:
         _shard_as_accelerate(model, mesh, cfg.parallel)
     optimizer = build_optimizer(model, cfg.optim)
+    if cfg.optim.fused is None:  # torch's default on CUDA, not on CPU (see as_on_cuda)
+        as_on_cuda(optimizer)
     for p in model.parameters():  # steady state: the AdamW states exist
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -356,7 +413,8 @@ def build_training_step(cfg, vocab_size: int, world_size: int = 1, mesh=None) ->
 
 def estimate_memory(cfg, world_size: int = 1, gpu_memory_gib: float = 80.0, headroom: float = 0.1,
                     vocab_size: int | None = None) -> MemoryEstimate:
-    """Rank 0's peak memory over one optimizer step of ``cfg`` on ``world_size`` GPUs (see the module docstring)."""
+    """Rank 0's peak memory over one optimizer step of ``cfg`` on ``world_size`` GPUs (see the module docstring).
+    ``vocab_size``: the tokenizer's size when its config cannot be loaded here (padded as the trainer pads it)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -366,6 +424,11 @@ def estimate_memory(cfg, world_size: int = 1, gpu_memory_gib: float = 80.0, head
 
     if world_size < 1:
         raise ValueError(f"world size {world_size} must be >= 1")
+    if not 0.0 <= headroom < 1.0:
+        raise ValueError(f"headroom {headroom} (--headroom) is the share of the GPU kept free for the CUDA context "
+                         "and fragmentation: it must be in [0, 1)")
+    if not gpu_memory_gib > 0:
+        raise ValueError(f"GPU memory {gpu_memory_gib} GiB (--gpu-memory-gib) must be > 0")
     validate_config(cfg, world_size)
     tc = cfg.trainer
     parallel = cfg.parallel.name if "parallel" in cfg else "ddp"
