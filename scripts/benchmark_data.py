@@ -153,8 +153,8 @@ def main() -> None:
             ("time to first batch, s", s["first_batch_s"], t["first_batch_s"], "{:.3f}")]
     rows += [(f"resume at {int(k):.0e} tokens consumed, s", s["resume_s"][k], t["resume_s"][k], "{:.3f}")
              for k in s["resume_s"]]
-    rows += [(f"  streaming from a saved position instead, s", s["resume_from_position_s"][k], t["resume_s"][k],
-              "{:.3f}") for k in s["resume_from_position_s"]]
+    rows += [(f"resume at {int(k):.0e}, streaming from its saved position, s", s["resume_from_position_s"][k],
+              t["resume_s"][k], "{:.3f}") for k in s["resume_from_position_s"]]
     if training:
         rows += [(f"training tokens/s, cpu_small ({name})", training[name]["tokens_per_s"],
                   training["tokens"]["tokens_per_s"], "{:,.0f}") for name in ("streaming", "streaming_prefetch")]
