@@ -128,15 +128,30 @@ def test_the_trainer_takes_its_own_rank_s_saved_position_and_warns_when_the_worl
     def ranks(world, rank=0):
         return SimpleNamespace(num_processes=world, process_index=rank, is_main_process=rank == 0)
 
-    (tmp_path / TRAINER_STATE).write_text(json.dumps({"step": 3, "data_positions": [{"row": 5}, {"row": 9}]}))
-    assert _saved_data_position(tmp_path, ranks(2, 1)) == {"row": 9}
-    assert _saved_data_position(None, ranks(2, 1)) is None
+    (tmp_path / TRAINER_STATE).write_text(json.dumps({"step": 3, "data_positions": [{"row": 5}, {"row": 9}],
+                                                      "data_stream_key": "k"}))
+    assert _saved_data_position(tmp_path, ranks(2, 1), "k") == {"row": 9}
+    assert _saved_data_position(None, ranks(2, 1), "k") is None
     assert not caplog.records
     with caplog.at_level("WARNING"):
-        assert _saved_data_position(tmp_path, ranks(4, 0)) is None
+        assert _saved_data_position(tmp_path, ranks(4, 0), "k") is None
     assert "written by 2 processes and this run has 4" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert _saved_data_position(tmp_path, ranks(2, 1), "another seed") is None
+    assert "of another data stream" in caplog.text
     caplog.clear()
     (tmp_path / TRAINER_STATE).write_text(json.dumps({"step": 3, "data_positions": [None, None]}))  # data=tokens
     with caplog.at_level("WARNING"):
-        assert _saved_data_position(tmp_path, ranks(4, 0)) is None
+        assert _saved_data_position(tmp_path, ranks(4, 0), "k") is None
     assert not caplog.records
+
+
+def test_the_data_stream_key_follows_what_the_positions_depend_on():
+    from polycom.train.build import compose_config
+    from polycom.train.trainer import data_stream_key
+
+    base = data_stream_key(compose_config([]))
+    assert data_stream_key(compose_config(["data.prefetch_blocks=8", "optim.lr=1e-2"])) == base
+    for override in ("seed=7", "data.shuffle_buffer=5", "trainer.seq_len=64", "tokenizer.vocab_size=1024"):
+        assert data_stream_key(compose_config([override])) != base, override

@@ -8,6 +8,8 @@ and the model in Hugging Face format under ``<run_dir>/hf``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -55,13 +57,28 @@ def _resume_state(accelerator, folder: Path, schedule: Schedule) -> TrainState:
     return state
 
 
-def _saved_data_position(folder: Path | None, accelerator) -> dict | None:
+def data_stream_key(cfg) -> str:
+    """What a streaming data position depends on (the seed, ``data.*`` but prefetching, the tokenizer, the block
+    length), hashed: a saved position is used only by a run with the same key."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "prefetch_blocks"}
+    values = {"seed": cfg.seed, "seq_len": cfg.trainer.seq_len, "data": data,
+              "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True)}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _saved_data_position(folder: Path | None, accelerator, key: str) -> dict | None:
     """This rank's streaming data position in the checkpoint being resumed (``BlockStream.state_dict``); None where
-    there is none (no resume, data=tokens, an older checkpoint, another number of processes)."""
+    there is none (no resume, data=tokens, an older checkpoint, another number of processes) or it belongs to another
+    data stream (``data_stream_key``: e.g. a seed changed under ``trainer.resume_allow_changes``)."""
     if folder is None:
         return None
-    positions = ckpt.read_trainer_state(folder).get("data_positions")
+    saved = ckpt.read_trainer_state(folder)
+    positions = saved.get("data_positions")
     if not positions or not any(positions):
+        return None
+    if saved.get("data_stream_key") != key:
+        log.info("the checkpoint's data positions are of another data stream (seed, data or tokenizer changed): "
+                 "the stream is fast-forwarded to the step instead")
         return None
     if len(positions) != accelerator.num_processes:
         if accelerator.is_main_process:
@@ -112,7 +129,7 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     start_step, wall_before = state.step, state.wall_seconds  # wall time of earlier (interrupted) sessions
     stream = train_blocks(cfg.data, tokenizer, tc.seq_len, seed=cfg.seed, rank=accelerator.process_index,
                           world_size=world, start_block=start_step * accum * tc.micro_batch_size,
-                          position=_saved_data_position(resume_from, accelerator))
+                          position=_saved_data_position(resume_from, accelerator, data_stream_key(cfg)))
     batches = batched(stream, tc.micro_batch_size)
 
     has_order = get_activation(cfg.activation.name).polycom
@@ -129,7 +146,8 @@ def train(cfg, run_dir: Path, wandb_group: str | None = None) -> dict:
     def save(keep: bool) -> None:
         state.wall_seconds = wall_before + time.time() - started
         trainer_state = {**state.to_dict(), "schedule": schedule.to_dict(), "keep": keep, **plan.record,
-                         "data_positions": gather_object([stream.state_dict()])}  # every rank's, in rank order
+                         "data_positions": gather_object([stream.state_dict()]),  # every rank's, in rank order
+                         "data_stream_key": data_stream_key(cfg)}
         ckpt.save_checkpoint(accelerator, run_dir, state.step, trainer_state, tc.keep_checkpoints)
 
     def evaluate_downstream() -> dict:
