@@ -94,7 +94,16 @@ def test_a_signal_during_a_step_pauses_after_it_with_a_checkpoint(tmp_path, monk
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored
 
 
-def test_before_training_a_signal_acts_as_usual_and_a_second_ctrl_c_quits_at_once():
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a foreground process (one started in the background by a non-interactive
+    shell inherits SIGINT ignored, and then Ctrl-C does nothing "as usual")."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_before_training_a_signal_acts_as_usual_and_a_second_ctrl_c_quits_at_once(python_sigint):
     with signals.graceful_stop() as stop:
         with pytest.raises(KeyboardInterrupt):  # not armed yet: nothing to save
             signal.raise_signal(signal.SIGINT)
