@@ -21,6 +21,8 @@ common=(trainer.progress_bar=false logger=none trainer.resume=auto)
 grid_cells=()
 for act in "${activations[@]}"; do for lr in 0.001 0.002 0.004 0.008; do grid_cells+=("r1 $act $lr"); done; done
 for lr in 0.001 0.002 0.004; do grid_cells+=("r4 gated_polynorm $lr"); done
+# 0.008 was the best of the four at r1 for polynorm, gelu and polyrelu (lr-grid/runs, 2026-12-07): one lr further
+for act in polynorm gelu polyrelu; do grid_cells+=("r1 $act 0.016"); done
 
 grid() {
   for cell in "${grid_cells[@]}"; do
