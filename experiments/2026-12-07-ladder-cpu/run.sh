@@ -23,6 +23,7 @@ for act in "${activations[@]}"; do for lr in 0.001 0.002 0.004 0.008; do grid_ce
 for lr in 0.001 0.002 0.004; do grid_cells+=("r4 gated_polynorm $lr"); done
 # 0.008 was the best of the four at r1 for polynorm, gelu and polyrelu (lr-grid/runs, 2026-12-07): one lr further
 for act in polynorm gelu polyrelu; do grid_cells+=("r1 $act 0.016"); done
+grid_cells+=("r4 gated_polynorm 0.008")  # 0.004, its best at r4, was the edge of its three
 
 grid() {
   for cell in "${grid_cells[@]}"; do
