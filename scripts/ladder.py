@@ -62,9 +62,9 @@ def cmd_fit(args, report: bool) -> None:
     if report:
         from polycom.report.ladder_plots import plot_loss_vs_compute, plot_multiplier_vs_compute
 
-        grid_dir = args.grid or (study / "lr-grid" / "runs")
-        if grid_dir.is_dir():
-            grid_rows = ladder.load_ladder_runs([grid_dir], rungs)
+        grid_dirs = args.grid or [d for d in [study / "lr-grid" / "runs"] if d.is_dir()]
+        if grid_dirs:
+            grid_rows = ladder.load_ladder_runs(grid_dirs, rungs)
             text += "\n" + ladder.sensitivity_markdown(ladder.lr_sensitivity(grid_rows, result, rows), args.baseline)
         (study / "ladder.md").write_text(text)
         plot_loss_vs_compute(result, study / "loss_vs_compute.png")
@@ -171,7 +171,8 @@ def main(argv=None) -> None:
         p = sub.add_parser(name, help=f"{name} a study's runs")
         p.add_argument("study", type=Path)
         p.add_argument("--runs", type=Path, action="append", default=[], help="more run folders (repeatable)")
-        p.add_argument("--grid", type=Path, default=None, help="lr-grid runs (default <study>/lr-grid/runs)")
+        p.add_argument("--grid", type=Path, action="append", default=[],
+                       help="lr-grid run folders (repeatable; default <study>/lr-grid/runs)")
         p.add_argument("--ladder", default=None, help="rung files configs/ladder/<ladder>_r*.yaml (default: the "
                                                       "runs' ladder.name)")
         p.add_argument("--baseline", default="swiglu")

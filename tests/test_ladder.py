@@ -423,6 +423,29 @@ def test_lr_rule_interpolates_the_grid_optima_geometrically():
     assert 2e-3 < table["lr"]["r2"] < table["lr"]["r1"]
 
 
+def test_report_reads_lr_grids_from_several_folders(tmp_path):
+    """The lr-sensitivity table joins grids kept apart (the CPU study's own at r1 and the BabyLM study's at r4): a
+    grid run at a ladder budget gets a multiplier against the baseline's L(C); one at another budget its loss gap to
+    the baseline's best grid run at that rung and budget."""
+    study = tmp_path / "study"
+    rungs = make_study(study, seeds_per_cell=2)
+    r1, r4 = rungs["r1"], rungs["r4"]
+    t5 = r1.budgets["t5"]
+    on_line = baseline_loss(K_CONST * compute_of(r1, t5), "t5")  # where polynorm's multiplier is K_CONST
+    write_run(tmp_path / "grid_a" / "polynorm-r1", "polynorm", 0, r1, "t5", on_line, t5, lr=4e-3)
+    grid = r4.budgets["grid"]
+    for act, lr, loss in (("swiglu", 2e-3, 5.0), ("swiglu", 4e-3, 5.1), ("polynorm", 4e-3, 4.8)):
+        write_run(tmp_path / "grid_b" / f"{act}-r4-{lr}", act, 0, r4, "grid", loss, grid, lr=lr)
+    load_script("ladder").main(["report", str(study), "--grid", str(tmp_path / "grid_a"), "--grid",
+                                str(tmp_path / "grid_b"), "--replicates", "50", "--chinchilla-replicates", "5"])
+    table = (study / "ladder.md").read_text().split("sensitivity to lr", 1)[1]
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
+            for line in table.splitlines() if line.startswith("| polynorm") or line.startswith("| swiglu")}
+    assert float(rows[("polynorm", "r1", "t5")][1]) == pytest.approx(K_CONST, rel=0.05)  # lr 0.002, 0.004 columns
+    label = f"t{grid / r4.params:.2g}"
+    assert rows[("polynorm", "r4", label)][1] == "-0.200 †" and rows[("swiglu", "r4", label)][0] == "+0.000 †"
+
+
 def test_lr_command_prints_a_rungs_overrides(tmp_path, capsys):
     rungs = ladder.ladder_rungs("cpu")
     for rung, best in (("r1", 4e-3), ("r4", 2e-3)):

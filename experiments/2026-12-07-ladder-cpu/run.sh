@@ -93,7 +93,7 @@ status() {
 }
 
 report() {
-  $py scripts/ladder.py report $study
+  $py scripts/ladder.py report $study --grid $study/lr-grid/runs --grid $babylm/lr-grid/runs
 }
 
 "${1:?usage: run.sh grid|lr|runs|report|status}"
