@@ -18,7 +18,8 @@ rung, for a shell script).
 
 ``fit`` reads the study's runs (``<study>/runs``, plus the folders listed in ``<study>/ladder_runs.txt`` and
 ``--runs``), fits L(C) per budget line and L(N, D), and writes ``<study>/ladder_fit.json`` (per activation: each
-cell's compute, loss, multiplier and its 95% interval; each line's trend with its p-value; the extrapolated gap).
+cell's compute, loss, multiplier and its 95% interval; each line's trend with its p-value; the extrapolated gap),
+or into ``--out-dir`` (a report against another ``--baseline`` beside the main one).
 ``report`` also writes ``ladder.md``, ``loss_vs_compute.png`` and ``multiplier_vs_compute.png``, and with lr-grid runs
 (``<study>/lr-grid/runs`` or ``--grid``) the multiplier's sensitivity to lr. The conventions are in
 ``polycom/report/ladder.py``.
@@ -56,9 +57,11 @@ def cmd_fit(args, report: bool) -> None:
         raise SystemExit(f"no complete run under {', '.join(map(str, roots))}")
     result = ladder.fit_ladder(rows, args.baseline, replicates=args.replicates, seed=args.seed,
                                chinchilla_replicates=args.chinchilla_replicates)
-    ladder.write_fit(result, study / ladder.FIT_FILE)
+    out = args.out_dir or study
+    out.mkdir(parents=True, exist_ok=True)
+    ladder.write_fit(result, out / ladder.FIT_FILE)
     text = ladder.markdown(result)
-    written = [study / ladder.FIT_FILE]
+    written = [out / ladder.FIT_FILE]
     if report:
         from polycom.report.ladder_plots import plot_loss_vs_compute, plot_multiplier_vs_compute
 
@@ -66,10 +69,10 @@ def cmd_fit(args, report: bool) -> None:
         if grid_dirs:
             grid_rows = ladder.load_ladder_runs(grid_dirs, rungs)
             text += "\n" + ladder.sensitivity_markdown(ladder.lr_sensitivity(grid_rows, result, rows), args.baseline)
-        (study / "ladder.md").write_text(text)
-        plot_loss_vs_compute(result, study / "loss_vs_compute.png")
-        plot_multiplier_vs_compute(result, study / "multiplier_vs_compute.png")
-        written += [study / "ladder.md", study / "loss_vs_compute.png", study / "multiplier_vs_compute.png"]
+        (out / "ladder.md").write_text(text)
+        plot_loss_vs_compute(result, out / "loss_vs_compute.png")
+        plot_multiplier_vs_compute(result, out / "multiplier_vs_compute.png")
+        written += [out / "ladder.md", out / "loss_vs_compute.png", out / "multiplier_vs_compute.png"]
     print(text)
     print(f"{len(rows)} runs -> " + ", ".join(map(str, written)))
 
@@ -175,7 +178,9 @@ def main(argv=None) -> None:
                        help="lr-grid run folders (repeatable; default <study>/lr-grid/runs)")
         p.add_argument("--ladder", default=None, help="rung files configs/ladder/<ladder>_r*.yaml (default: the "
                                                       "runs' ladder.name)")
-        p.add_argument("--baseline", default="swiglu")
+        p.add_argument("--baseline", default="swiglu", help="the activation multipliers are against")
+        p.add_argument("--out-dir", type=Path, default=None, help="where to write (default: the study folder; "
+                                                                  "another baseline's report in a subfolder)")
         p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
         p.add_argument("--chinchilla-replicates", type=int, default=200, help="bootstrap replicates of L(N, D)")
         p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")

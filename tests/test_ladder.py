@@ -446,6 +446,19 @@ def test_report_reads_lr_grids_from_several_folders(tmp_path):
     assert rows[("polynorm", "r4", label)][1] == "-0.200 †" and rows[("swiglu", "r4", label)][0] == "+0.000 †"
 
 
+def test_report_against_another_baseline_goes_to_its_own_folder(tmp_path):
+    study = tmp_path / "study"
+    make_study(study, seeds_per_cell=2)
+    load_script("ladder").main(["report", str(study), "--baseline", "gelu", "--out-dir", str(study / "vs-gelu"),
+                                "--replicates", "50", "--chinchilla-replicates", "5"])
+    assert not (study / ladder.FIT_FILE).exists() and not (study / "ladder.md").exists()
+    result = json.loads((study / "vs-gelu" / ladder.FIT_FILE).read_text())
+    assert result["baseline"] == "gelu" and "swiglu" in result["activations"]
+    text = (study / "vs-gelu" / "ladder.md").read_text()
+    assert "polynorm − gelu at the target" in text and "-0.02" not in text  # the paper has no PolyNorm - GELU gap
+    assert (study / "vs-gelu" / "multiplier_vs_compute.png").is_file()
+
+
 def test_lr_command_prints_a_rungs_overrides(tmp_path, capsys):
     rungs = ladder.ladder_rungs("cpu")
     for rung, best in (("r1", 4e-3), ("r4", 2e-3)):

@@ -466,13 +466,16 @@ def markdown(result: dict) -> str:
             f"**{ex['decades_beyond_data']:.1f} decades** beyond it, on other data and another tokenizer than the "
             f"paper's, so the numbers below say what these fits imply, not what a 1B model would show.", "",
             f"| law | {ex['activation']} − {ex['baseline']} at the target | 95% CI | paper |", "|---|---|---|---|"]
+    paper = tgt.get("losses", {})  # the paper's gap for this pair, where it reports both activations
+    paper_gap = (f"{paper[ex['activation']] - paper[ex['baseline']]:+.2f}"
+                 if ex["activation"] in paper and ex["baseline"] in paper else "– (not reported)")
     for budget, e in ex["lines"].items():
-        out.append(f"| L(C), budget line {budget} | {e['gap']:+.4f} | {_ci(e['gap_ci95'])} | {tgt['gap']:+.2f} |")
+        out.append(f"| L(C), budget line {budget} | {e['gap']:+.4f} | {_ci(e['gap_ci95'])} | {paper_gap} |")
     ch = ex.get("chinchilla", {})
     if "gap" in ch:
         out.append(f"| L(N, D) at N = {tgt['params']:.3g}, D = {tgt['tokens']:.3g} ({ch['params_beyond_data']:.0f}x "
                    f"the largest N, {ch['tokens_beyond_data']:.0f}x the most tokens) | {ch['gap']:+.4f} | "
-                   f"{_ci(ch['gap_ci95'])} | {tgt['gap']:+.2f} |")
+                   f"{_ci(ch['gap_ci95'])} | {paper_gap} |")
     elif ch:
         out.append(f"| L(N, D) | not fitted: {ch['skipped']} | | |")
     return "\n".join(out) + "\n"
