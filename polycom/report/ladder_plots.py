@@ -3,6 +3,7 @@ L(C) and its bootstrap band, and the compute multiplier against compute with its
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -25,8 +26,11 @@ def _log_axes(ax) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
+    # minor ticks labelled at 2, 3 and 5 times a power of ten only: every one of them crowds an axis over a decade
+    some = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 3, 5)
+                         else "")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_minor_formatter(some)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
 
@@ -62,32 +66,45 @@ def plot_loss_vs_compute(result: dict, path: Path) -> None:
 
 
 def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
-    """Each activation's compute multiplier against the baseline at every rung of a budget line, its 95% interval
-    as a band; 1 = as good as the baseline per FLOP."""
+    """Each activation's compute multiplier against the baseline at every rung of a budget line, with its 95%
+    interval as an error bar; 1 = as good as the baseline per FLOP."""
     base = result["baseline"]
     lines = result["budget_lines"]
     fig, axes = _panels(len(lines))
     for ax, budget in zip(axes, lines):
+        series = []
         for act, entry in result["activations"].items():
-            if act == base:
-                continue
             cells = [c for c in entry["cells"] if c["budget"] == budget and "multiplier" in c]
-            if not cells:
+            if act == base or not cells:
                 continue
-            color = activation_color(act.split("-r")[0])
             c = np.array([x["compute"] for x in cells])
             m = np.array([x["multiplier"] for x in cells], dtype=float)
-            lo = np.array([x["multiplier_ci95"][0] for x in cells], dtype=float)
-            hi = np.array([x["multiplier_ci95"][1] for x in cells], dtype=float)
+            lo, hi = (np.array([x["multiplier_ci95"][i] for x in cells], dtype=float) for i in (0, 1))
+            series.append((act, c, m, lo, hi))
+        # an interval with no upper end (the baseline's L(C) never reaches the loss) is drawn to the top and marked ^;
+        # the activations are spread a little along x so that their intervals do not hide each other
+        shown = [v for _, _, m, _, hi in series for v in (*m, *hi) if np.isfinite(v) and v > 0]
+        top = max(shown) * 1.3 if shown else 2.0
+        for k, (act, c, m, lo, hi) in enumerate(series):
+            color = activation_color(act.split("-r")[0])
+            x = c * 10 ** (0.02 * (k - (len(series) - 1) / 2))
             finite = np.isfinite(m)
-            ax.plot(c[finite], m[finite], "o-", color=color, ms=4, label=act)
-            ok = np.isfinite(lo) & np.isfinite(hi) & finite
-            ax.fill_between(c[ok], lo[ok], hi[ok], color=color, alpha=0.15)
+            upper = np.where(np.isinf(hi), top, hi)
+            ok = finite & np.isfinite(lo)
+            ax.errorbar(x[ok], m[ok], yerr=[m[ok] - lo[ok], upper[ok] - m[ok]], fmt="none", ecolor=color, alpha=0.5,
+                        capsize=2, lw=1)
+            ax.plot(x[finite], m[finite], "o-", color=color, ms=4, label=act)
+            open_top = np.isinf(hi) & finite
+            ax.plot(x[open_top], np.full(open_top.sum(), top), "^", color=color, ms=6)
+        low = [v for _, _, m, lo, _ in series for v in (*m, *lo) if np.isfinite(v) and v > 0]
+        ax.set_ylim(min(low) / 1.3 if low else 0.5, top * 1.1)
+        if any(np.isinf(hi).any() for *_, hi in series):
+            ax.text(0.01, 0.99, "^ : 95% interval open above", transform=ax.transAxes, va="top", fontsize=8)
         ax.axhline(1.0, color="black", lw=0.8)
         _log_axes(ax)
         ax.set_xlabel("training compute (FLOPs)")
         ax.set_ylabel(f"compute multiplier vs {base}")
-        ax.set_title(f"budget {budget}: multiplier, 95% band")
+        ax.set_title(f"budget {budget}: multiplier, 95% interval")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
