@@ -275,6 +275,24 @@ def test_chinchilla_fit_recovers_its_law():
     d = np.array([5, 20] * 4) * n
     fit = scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34 + 4000 * d**-0.28)
     assert (fit.E, fit.alpha, fit.beta) == pytest.approx((1.8, 0.34, 0.28), rel=1e-4)
+    assert fit.at_bounds() == [] and fit.to_dict()["at_bounds"] == []
+
+
+def test_chinchilla_fit_names_the_parameters_it_pushed_to_a_bound():
+    """Losses that depend on D alone, with no floor (what the CPU ladder's first runs looked like): E runs to its
+    floor and alpha to 0; the fit says so, and the report says the law is not determined."""
+    n = np.repeat([1e5, 2.4e5, 4.4e5, 8e5], 2)
+    d = np.array([5, 20] * 4) * n
+    fit = scaling.fit_chinchilla(n, d, 24.0 * d**-0.11)
+    assert set(fit.at_bounds()) >= {"E"} and fit.E < 0.01
+    ch = {"fits": {"polynorm": fit.to_dict(), "swiglu": scaling.fit_chinchilla(n, d, 1.8 + 400 * n**-0.34
+                                                                            + 4000 * d**-0.28).to_dict()},
+          "gap": 0.1, "gap_ci95": [0.0, 0.2], "params_beyond_data": 1500.0, "tokens_beyond_data": 15000.0}
+    result = {"extrapolation": {"target": ladder.PAPER_POINT, "activation": "polynorm", "baseline": "swiglu",
+                                "max_compute_in_data": 1e14, "decades_beyond_data": 7.0, "lines": {},
+                                "chinchilla": ch}}
+    text = ladder.markdown_extrapolation(result)
+    assert "not determined by these data" in text and "polynorm's E" in text and "swiglu's" not in text
 
 
 def ladder_rows(budgets, loss_of, acts=("swiglu", "polynorm"), seeds=2, noise=0.004):

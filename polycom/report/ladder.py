@@ -459,9 +459,15 @@ def markdown(result: dict) -> str:
         for budget, t in result["activations"][act]["trend"].items():
             out.append(f"| {act} | {budget} | {_g(t['slope'])} | {_g(t['per_decade'])} | {_ci(t['slope_ci95'])} | "
                        f"{_g(t['p_value'], 2)} | {t['rungs']} |")
+    out += ["", *markdown_extrapolation(result).splitlines()]
+    return "\n".join(out) + "\n"
+
+
+def markdown_extrapolation(result: dict) -> str:
+    """The extrapolated gap at the target point, each law's row, and why L(N, D) is missing or undetermined."""
     ex = result["extrapolation"]
     tgt = ex["target"]
-    out += ["", f"## Extrapolation to the {tgt['label']} ({tgt['compute']:.3g} FLOPs)", "",
+    out = [f"## Extrapolation to the {tgt['label']} ({tgt['compute']:.3g} FLOPs)", "",
             f"The largest compute in the data is {ex['max_compute_in_data']:.3g} FLOPs: the target lies "
             f"**{ex['decades_beyond_data']:.1f} decades** beyond it, on other data and another tokenizer than the "
             f"paper's, so the numbers below say what these fits imply, not what a 1B model would show.", "",
@@ -478,6 +484,13 @@ def markdown(result: dict) -> str:
                    f"{_ci(ch['gap_ci95'])} | {paper_gap} |")
     elif ch:
         out.append(f"| L(N, D) | not fitted: {ch['skipped']} | | |")
+    bounded = {name: law["at_bounds"] for name, law in ch.get("fits", {}).items() if law.get("at_bounds")}
+    if bounded:
+        out += ["", "L(N, D) is not determined by these data: the fit pushed " + "; ".join(
+            f"{name}'s {', '.join(params)}" for name, params in bounded.items()) + " to the end of its search range "
+            "(E < 0.01, an exponent at 0 or 3), so its extrapolation follows the bounds. Fits: " + "; ".join(
+            f"{name} E = {law['E']:.3g}, A = {law['A']:.3g}, α = {law['alpha']:.3g}, B = {law['B']:.3g}, "
+            f"β = {law['beta']:.3g}" for name, law in ch["fits"].items()) + "."]
     return "\n".join(out) + "\n"
 
 

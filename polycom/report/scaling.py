@@ -103,6 +103,10 @@ def fit_power_law(compute, loss) -> PowerLaw:
 
 
 # ---- L(N, D) = E + A N^-alpha + B D^-beta -----------------------------------------------------------------------
+CHINCHILLA_E_FLOOR = math.exp(-10)  # the fit's search range: E >= exp(-10), exponents in [0, 3]
+CHINCHILLA_EXPONENT_MAX = 3.0
+
+
 @dataclass(frozen=True)
 class Chinchilla:
     E: float
@@ -115,8 +119,15 @@ class Chinchilla:
         n, d = np.asarray(params, dtype=float), np.asarray(tokens, dtype=float)
         return self.E + self.A * n**-self.alpha + self.B * d**-self.beta
 
+    def at_bounds(self) -> list[str]:
+        """The parameters the fit pushed to an end of its search range: E under 0.01 (the floor exp(-10) is where
+        the optimiser heads; no text loss has a floor near 0 nats) or an exponent within 1e-3 of 0 or 3. There the
+        data did not determine the law, and its extrapolation follows the bound, not the data."""
+        out = ["E"] if self.E < 0.01 else []
+        return out + [k for k in ("alpha", "beta") if not 1e-3 < getattr(self, k) < CHINCHILLA_EXPONENT_MAX - 1e-3]
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "form": "L(N, D) = E + A * N^-alpha + B * D^-beta"}
+        return {**asdict(self), "form": "L(N, D) = E + A * N^-alpha + B * D^-beta", "at_bounds": self.at_bounds()}
 
 
 def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chinchilla:
@@ -162,17 +173,26 @@ def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chi
             for alpha0 in (0.2, 0.5):
                 for beta0 in (0.2, 0.5):
                     starts.append([math.log(y.min() * floor), rest, alpha0, rest, beta0])
-    lb, ub = np.array([-10, -50, 0.0, -50, 0.0]), np.array([10, 50, 3.0, 50, 3.0])
+    lb = np.array([math.log(CHINCHILLA_E_FLOOR), -50, 0.0, -50, 0.0])
+    ub = np.array([10, 50, CHINCHILLA_EXPONENT_MAX, 50, CHINCHILLA_EXPONENT_MAX])
     # each start clipped into the (closed) bounds: one rebuilt from a fit through exp/log can land an ulp outside.
     # max_nfev 4x scipy's default (500): ~1% of bootstrap refits on a flat valley need 510-550 evaluations
     fits = [optimize.least_squares(residuals, np.clip(p0, lb, ub), jac=jacobian, loss="huber", f_scale=1e-3,
                                    x_scale="jac", bounds=(lb, ub), max_nfev=2000) for p0 in starts]
+    def law(fit):
+        e, a, alpha, b, beta = fit.x
+        return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a + alpha * mn)), alpha=float(alpha),
+                          B=float(np.exp(b + beta * md)), beta=float(beta))
+
     converged = [fit for fit in fits if fit.success]
-    if not converged:
-        raise FitError(f"L(N, D): least_squares did not converge from any of {len(fits)} start(s): {fits[0].message}")
-    e, a, alpha, b, beta = min(converged, key=lambda fit: fit.cost).x
-    return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a + alpha * mn)), alpha=float(alpha),
-                      B=float(np.exp(b + beta * md)), beta=float(beta))
+    if converged:
+        return law(min(converged, key=lambda fit: fit.cost))
+    # out of evaluations while crawling along a flat valley into a bound (E -> 0, an exponent -> 0 or 3): the data
+    # do not determine the law there; the best such fit is returned with at_bounds() naming the parameters
+    crawling = [law(fit) for fit in sorted(fits, key=lambda fit: fit.cost) if fit.status == 0]
+    if crawling and crawling[0].at_bounds():
+        return crawling[0]
+    raise FitError(f"L(N, D): least_squares did not converge from any of {len(fits)} start(s): {fits[0].message}")
 
 
 # ---- multiplier and its trend -----------------------------------------------------------------------------------
