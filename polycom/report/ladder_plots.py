@@ -26,9 +26,13 @@ def _log_axes(ax) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    # minor ticks labelled at 2, 3 and 5 times a power of ten only: every one of them crowds an axis over a decade
-    some = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 3, 5)
-                         else "")
+    # minor ticks: all labelled on an axis under a decade (a loss axis, 4 to 6), else at 2, 3 and 5 x 10^k only
+    def minor(v, _):
+        lo, hi = ax.get_ylim()
+        keep = hi / lo < 10 or round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 3, 5)
+        return f"{v:g}" if v > 0 and keep else ""
+
+    some = FuncFormatter(minor)
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(some)
     ax.xaxis.set_minor_formatter(NullFormatter())

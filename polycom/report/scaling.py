@@ -179,6 +179,7 @@ def fit_chinchilla(params, tokens, loss, start: Chinchilla | None = None) -> Chi
     # max_nfev 4x scipy's default (500): ~1% of bootstrap refits on a flat valley need 510-550 evaluations
     fits = [optimize.least_squares(residuals, np.clip(p0, lb, ub), jac=jacobian, loss="huber", f_scale=1e-3,
                                    x_scale="jac", bounds=(lb, ub), max_nfev=2000) for p0 in starts]
+
     def law(fit):
         e, a, alpha, b, beta = fit.x
         return Chinchilla(E=float(np.exp(e)), A=float(np.exp(a + alpha * mn)), alpha=float(alpha),
