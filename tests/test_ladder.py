@@ -122,6 +122,10 @@ def test_extrapolated_gap_and_how_far_it_reaches(fitted):
     assert "gap" in ex["chinchilla"] and ex["chinchilla"]["gap_ci95"][0] <= ex["chinchilla"]["gap_ci95"][1]
     text = (study / "ladder.md").read_text()
     assert f"{ex['decades_beyond_data']:.1f} decades" in text and "−0.02" not in text and "-0.02" in text
+    by_rung = text.split("by rung", 1)[1].split("## Per rung", 1)[0]  # the glance table: one row per activation
+    row = next(line for line in by_rung.splitlines() if line.startswith("| polynorm"))
+    cells = [c.strip() for c in row.split("|")[2:-2]]
+    assert len(cells) == 4 and all(float(c.split()[0]) == pytest.approx(K_CONST, rel=0.1) for c in cells)
     for name in ("loss_vs_compute.png", "multiplier_vs_compute.png"):
         assert (study / name).stat().st_size > 10_000
 

@@ -44,7 +44,7 @@ FIT_FILE = "ladder_fit.json"
 # 1.032e10 FLOPs per token, x 250e9 tokens = 2.58e21 (6 * N * D alone: 1.8e21; "~2e21"). Checked against the model
 # by tests/test_ladder.py.
 PAPER_POINT = {"label": "paper 1B / 250B tokens", "params": 1.214e9, "tokens": 250e9, "compute": 2.58e21,
-               "losses": {"polynorm": 2.17, "swiglu": 2.19}, "gap": -0.02}
+               "losses": {"polynorm": 2.17, "swiglu": 2.19}}
 
 
 def flops_per_token(num_params_matmul: int, num_layers: int, hidden_size: int, seq_len: int) -> float:
@@ -434,6 +434,7 @@ def markdown(result: dict) -> str:
         lo, hi = scaling.ALPHA_RANGE
         out += ["", f"‡ α at an end of its range [{lo:g}, {hi:g}]: the bound, not the data, set it (a flat or "
                     "rising line, or too little curvature); that line's E, A and extrapolation follow from it."]
+    out += ["", *markdown_by_rung(result).splitlines()]
     out += ["", f"## Per rung: loss, compute multiplier vs {base} (95% CI), wall-clock multiplier", ""]
     rungs = []
     for budget_rungs in lines.values():
@@ -461,6 +462,27 @@ def markdown(result: dict) -> str:
                        f"{_g(t['p_value'], 2)} | {t['rungs']} |")
     out += ["", *markdown_extrapolation(result).splitlines()]
     return "\n".join(out) + "\n"
+
+
+def markdown_by_rung(result: dict) -> str:
+    """Per budget line, each activation's multiplier (95% CI) at every rung and its trend: the ladder at a glance."""
+    base = result["baseline"]
+    out = [f"## Compute multiplier vs {base} by rung (95% CI), and its trend", ""]
+    for budget, rungs in result["budget_lines"].items():
+        computes = {c["rung"]: c["compute"] for c in result["activations"][base]["cells"] if c["budget"] == budget}
+        out += [f"### budget {budget}", "",
+                "| activation | " + " | ".join(f"{r} ({computes.get(r, math.nan):.2g} FLOPs)" for r in rungs)
+                + " | per decade of compute (p) |", "|---|" + "---|" * (len(rungs) + 1)]
+        for act, entry in result["activations"].items():
+            if act == base:
+                continue
+            cells = {c["rung"]: c for c in entry["cells"] if c["budget"] == budget and "multiplier" in c}
+            t = entry["trend"].get(budget)
+            trend = f"{t['per_decade']:+.2f} ({_g(t['p_value'], 2)})" if t else "–"
+            out.append(f"| {act} | " + " | ".join(f"{_g(cells[r]['multiplier'])} {_ci(cells[r]['multiplier_ci95'])}"
+                                                  if r in cells else "–" for r in rungs) + f" | {trend} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def markdown_extrapolation(result: dict) -> str:
