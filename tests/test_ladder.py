@@ -418,16 +418,52 @@ def test_bootstrap_is_paired_pooled_and_widened_to_t():
              (("r2", "t5"), "a"): {0: 3.0}}
     s2 = np.var([1.0, 2.0, 6.0], ddof=1)
     widen = stats.t.ppf(0.975, 2) / stats.norm.ppf(0.975)  # 3 residuals, 1 cell: 2 degrees of freedom
-    samples = list(scaling.bootstrap_cells(cells, np.random.default_rng(0), 20000))
+    samples = list(scaling.bootstrap_cells(cells, 0, 20000))
     a = np.array([s[(("r1", "t5"), "a")] for s in samples])
     b = np.array([s[(("r1", "t5"), "b")] for s in samples])
     single = np.array([s[(("r2", "t5"), "a")] for s in samples])
     assert np.allclose(b - 30, 10 * (a - 3))  # the same seeds drawn for both activations of a group
     assert a.var() == pytest.approx(s2 / 3 * widen**2, rel=0.05)  # s^2 / n, at t's width
     assert single.var() == pytest.approx(s2 * widen**2, rel=0.05)  # a one-seed cell moves with a's pooled noise
-    plain = list(scaling.bootstrap_cells(cells, np.random.default_rng(0), 20000, pooled=False))
+    plain = list(scaling.bootstrap_cells(cells, 0, 20000, pooled=False))
     assert np.var([s[(("r1", "t5"), "a")] for s in plain]) == pytest.approx(s2 / 3, rel=0.05)
     assert {s[(("r2", "t5"), "a")] for s in plain} == {3.0}
+
+
+def _replicates(cells, act, pooled=True, replicates=2000):
+    samples = list(scaling.bootstrap_cells(cells, 0, replicates, pooled=pooled))
+    return {key: np.array([s[key] for s in samples]) for key in cells if key[1] == act}
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_a_run_added_to_one_activation_leaves_the_others_draws(pooled):
+    """A seed that other activations already have (no new (group, seed) source): the other activations' replicates
+    are unchanged, value for value; and so are the intervals and p-values built on them."""
+    losses = np.random.default_rng(1).normal(4.0, 0.05, size=40)
+    it = iter(losses)
+    groups = [("r1", "t5"), ("r1", "t20"), ("r2", "t5")]
+    before = {(g, a): {s: float(next(it)) for s in range(3 if a != "swiglu" else 2)}
+              for g in groups for a in ("relu", "gelu", "swiglu")}
+    after = {k: dict(v) for k, v in before.items()}
+    after[(("r1", "t5"), "swiglu")][2] = 4.3  # swiglu's seed 2 at r1 t5: relu and gelu have it
+    for act in ("relu", "gelu"):
+        old, new = _replicates(before, act, pooled), _replicates(after, act, pooled)
+        assert all(np.array_equal(old[k], new[k]) for k in old)
+    swiglu_old, swiglu_new = _replicates(before, "swiglu", pooled), _replicates(after, "swiglu", pooled)
+    assert not np.array_equal(swiglu_old[(("r1", "t5"), "swiglu")], swiglu_new[(("r1", "t5"), "swiglu")])
+
+
+def test_a_new_seed_source_moves_few_of_the_others_draws():
+    """A seed no other activation had in its group joins the pool of sources: by consistent sampling it takes over a
+    draw about 1 time in (number of sources); a shared sequential stream would have moved every replicate."""
+    losses = iter(np.random.default_rng(2).normal(4.0, 0.05, size=200))
+    groups = [(f"r{i}", b) for i in range(1, 5) for b in ("t5", "t20")]
+    before = {(g, a): {s: float(next(losses)) for s in range(2)} for g in groups for a in ("relu", "swiglu")}
+    after = {k: dict(v) for k, v in before.items()}
+    after[(("r4", "t20"), "swiglu")][2] = 4.1  # source (r4 t20, seed 2) is new: 16 sources -> 17
+    old, new = _replicates(before, "relu"), _replicates(after, "relu")
+    moved = np.mean([np.mean(old[k] != new[k]) for k in old])
+    assert 0 < moved < 0.25  # two draws per replicate, each moved with probability 1/17: ~0.11
 
 
 def test_lr_rule_interpolates_the_grid_optima_geometrically():

@@ -246,10 +246,9 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
     grid = np.geomspace(min(i["compute"] for i in cells.info.values()) / 2, c_max * 2, 60)
 
     # bootstrap over seeds
-    rng = np.random.default_rng(seed)
     flat = {((r, b), a): v for (r, b, a), v in cells.losses.items()}
     boot_mult, boot_trend, boot_curve, boot_fit, boot_gap = {}, {}, {}, {}, {}
-    for sample in scaling.bootstrap_cells(flat, rng, replicates):
+    for sample in scaling.bootstrap_cells(flat, seed, replicates):
         m = {(r, b, a): v for ((r, b), a), v in sample.items()}
         f = _fit_lines(cells, m, lines, acts)
         mu = _multipliers(cells, m, f, lines, acts, baseline)
@@ -280,8 +279,9 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
             "intervals": f"95% percentile intervals of {replicates} bootstrap replicates over seeds "
                          "(scaling.bootstrap_cells: each run's deviation from its cell's mean, scaled to unbiased "
                          "variance and widened to t quantiles of the pooled degrees of freedom, pooled over an "
-                         "activation's cells, drawn paired by seed across the activations of a rung and budget); "
-                         "trend p-value: two-sided, by inverting the bootstrap interval of the slope",
+                         "activation's cells, drawn paired by seed across the activations of a rung and budget, from "
+                         "random streams keyed by cell so that a run added to one activation leaves the others' "
+                         "draws); trend p-value: two-sided, by inverting the bootstrap interval of the slope",
             "trend": "least-squares slope of ln(multiplier) on ln(compute) over a budget line's rungs, per decade "
                      "of compute = slope x ln(10)",
         },
@@ -336,7 +336,7 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
 
     # the extrapolated gap (L(C) of each line; L(N, D) where the budgets allow)
     result["extrapolation"] = _extrapolation(cells, means, fits, boot_gap, lines, target, gap_activation, baseline,
-                                             c_max, rows, rng, chinchilla_replicates)
+                                             c_max, rows, seed, chinchilla_replicates)
     result["curves"] = {"compute": grid.tolist(), "bands": {
         f"{b}|{a}": {"fit": fits[(b, a)](grid).tolist(),
                      "low": np.quantile(np.array(v), 0.025, axis=0).tolist(),
@@ -345,7 +345,7 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
     return result
 
 
-def _extrapolation(cells, means, fits, boot_gap, lines, target, act, baseline, c_max, rows, rng, replicates) -> dict:
+def _extrapolation(cells, means, fits, boot_gap, lines, target, act, baseline, c_max, rows, seed, replicates) -> dict:
     out = {"target": target, "activation": act, "baseline": baseline,
            "decades_beyond_data": math.log10(target["compute"] / c_max), "max_compute_in_data": c_max, "lines": {}}
     for budget in lines:
@@ -367,7 +367,7 @@ def _extrapolation(cells, means, fits, boot_gap, lines, target, act, baseline, c
         point = lambda law: float(law(target["params"], target["tokens"]))  # noqa: E731
         flat = {((r, b), a): v for (r, b, a), v in cells.losses.items() if a in (act, baseline)}
         samples = []
-        for sample in scaling.bootstrap_cells(flat, rng, replicates):
+        for sample in scaling.bootstrap_cells(flat, seed, replicates):
             gaps = []
             for name in (act, baseline):
                 pts = [(cells.info[(r, b, a)]["params"], cells.info[(r, b, a)]["tokens"], v)

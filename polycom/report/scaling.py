@@ -12,11 +12,13 @@ the compute multiplier of one activation against another, and a bootstrap over s
 - ``trend``: least-squares slope of log(multiplier) against log(compute).
 - ``bootstrap_cells``: a bootstrap over seeds: each cell's seed residuals (scaled to unbiased variance, widened to t
   quantiles), pooled over an activation's cells, drawn paired across the activations of a rung and budget (runs of
-  one seed see the same data order). With 2-3 seeds per cell the plain percentile bootstrap is far too narrow.
+  one seed see the same data order). With 2-3 seeds per cell the plain percentile bootstrap is far too narrow. Its
+  random streams are keyed by cell and source, so a run added to one activation leaves the others' draws.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -240,7 +242,24 @@ def bootstrap_p_value(samples, null: float = 0.0) -> float:
     return float(min(1.0, max(2 * share, 1.0 / s.size)))
 
 
-def bootstrap_cells(cells: dict, rng: np.random.Generator, replicates: int, pooled: bool = True):
+def _stream(seed: int, *key) -> np.random.Generator:
+    """A random stream named by ``key`` (any repr-able values) under ``seed``: the same key gives the same stream
+    whatever else the data holds."""
+    digest = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, digest]))
+
+
+def _consistent_draws(seed: int, group, sources: list, draws: int, replicates: int) -> np.ndarray:
+    """``(draws, replicates)`` indices into ``sources``, uniform with replacement, by consistent sampling: every
+    (group, source, draw) has its own stream of uniform keys and a draw picks the source with the smallest key. A
+    source that joins the pool (another activation's new seed) takes over a draw only where its key is the smallest
+    (about 1 in len(sources)); every other draw stays as it was."""
+    keys = np.stack([np.stack([_stream(seed, "source", group, src, j).random(replicates) for src in sources])
+                     for j in range(draws)])  # (draws, sources, replicates)
+    return keys.argmin(axis=1)
+
+
+def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True):
     """Yield ``replicates`` resampled versions of ``cells``: ``{(group, activation): {seed: loss}}`` ->
     ``{(group, activation): mean loss}``. A group is a rung and budget; a cell's seeds saw the same data order as the
     other activations' runs of those seeds in its group.
@@ -255,7 +274,13 @@ def bootstrap_cells(cells: dict, rng: np.random.Generator, replicates: int, pool
     residuals instead.
 
     Not pooled: seed labels resampled within each group (the same labels for all its activations), each cell's
-    deviation from its mean scaled by sqrt(n / (n - 1)); a cell of one seed never moves."""
+    deviation from its mean scaled by sqrt(n / (n - 1)); a cell of one seed never moves.
+
+    Randomness is keyed, not sequential: source draws come from per-(group, source) streams (``_consistent_draws``),
+    an activation's own draws from a per-(group, activation) stream, all under ``seed``. So a run added to one
+    activation leaves another activation's replicates as they were, except where a new (group, seed) source wins a
+    draw; with one shared stream, every later draw of every cell would shift and a p-value of ~0.01 could move by
+    its Monte Carlo error although none of its runs changed."""
     groups: dict = {}
     for (group, act), by_seed in cells.items():
         groups.setdefault(group, {})[act] = by_seed
@@ -264,10 +289,10 @@ def bootstrap_cells(cells: dict, rng: np.random.Generator, replicates: int, pool
     for (group, act), by_seed in cells.items():
         n = len(by_seed)
         if n > 1:
-            for seed, loss in by_seed.items():
-                residual[(group, act, seed)] = (loss - means[(group, act)]) * math.sqrt(n / (n - 1))
+            for s, loss in by_seed.items():
+                residual[(group, act, s)] = (loss - means[(group, act)]) * math.sqrt(n / (n - 1))
     own: dict = {}
-    for (group, act, seed), r in residual.items():
+    for (group, act, s), r in residual.items():
         own.setdefault(act, []).append(r)
     if pooled:  # t with the pooled degrees of freedom over the normal quantile (df: runs - cells with >= 2 seeds)
         for act, values in own.items():
@@ -278,20 +303,30 @@ def bootstrap_cells(cells: dict, rng: np.random.Generator, replicates: int, pool
             own[act] = [r * widen for r in values]
     own = {act: np.array(v) for act, v in own.items()}
     sources = sorted({(g, s) for (g, _, s) in residual})
-    for _ in range(replicates):
+    drawn_by_group, labels_by_group = {}, {}
+    for group, acts in groups.items():
+        size = max(len(v) for v in acts.values())
+        if pooled:
+            drawn_by_group[group] = _consistent_draws(seed, group, sources, size, replicates) if sources else None
+        else:
+            labels_by_group[group] = sorted({s for v in acts.values() for s in v})
+            drawn_by_group[group] = _stream(seed, "labels", group).integers(
+                len(labels_by_group[group]), size=(replicates, len(labels_by_group[group])))
+    own_streams = {(group, act): _stream(seed, "own", group, act) for group, acts in groups.items() for act in acts}
+    for rep in range(replicates):
         out = {}
         for group, acts in groups.items():
-            size = max(len(v) for v in acts.values())
+            index = drawn_by_group[group]
             if pooled:
-                drawn = [sources[i] for i in rng.choice(len(sources), size=size)] if sources else []
+                drawn = [sources[i] for i in index[:, rep]] if index is not None else []
             else:
-                labels = sorted({s for v in acts.values() for s in v})
-                drawn = [(group, labels[i]) for i in rng.choice(len(labels), size=len(labels))]
+                drawn = [(group, labels_by_group[group][i]) for i in index[rep]]
             for act, by_seed in acts.items():
                 n, key = len(by_seed), (group, act)
                 if n < 2 and not pooled or act not in own:
                     out[key] = means[key]
                     continue
+                rng = own_streams[key]
                 picked = [residual[(g, act, s)] for g, s in drawn if (g, act, s) in residual][:n]
                 if pooled:
                     picked += list(rng.choice(own[act], size=n - len(picked))) if len(picked) < n else []
