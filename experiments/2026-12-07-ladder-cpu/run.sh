@@ -42,9 +42,10 @@ lr() {  # each activation's best lr at r1 and r4, and the rule's lr at every run
 
 # The queue, by (seed, rung): seed 0 of every cell, then seed 1, then seed 2 on the two smallest rungs; small rungs
 # first, except that seed 1 of r1 (~25 min) comes before r4's seed 0, so that seed noise is measured at the small end
-# early. r4 t20 is the BabyLM study's runs (seeds 0-2) for all but gated_polynorm.
+# early, and seed 2 of r1 (~25 min) before r4's seed 1, to tell which of SwiGLU's and GELU's r1 seeds is the slow one.
+# r4 t20 is the BabyLM study's runs (seeds 0-2) for all but gated_polynorm.
 queue=()
-for pass in "0 r1" "0 r2" "0 r3" "1 r1" "0 r4" "1 r2" "1 r3" "1 r4" "2 r1" "2 r2"; do
+for pass in "0 r1" "0 r2" "0 r3" "1 r1" "0 r4" "1 r2" "1 r3" "2 r1" "1 r4" "2 r2"; do
   read -r seed rung <<< "$pass"
   for budget in t5 t20; do
     for act in "${activations[@]}"; do
