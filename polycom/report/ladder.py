@@ -508,8 +508,8 @@ def markdown_extrapolation(result: dict) -> str:
         out.append(f"| L(N, D) | not fitted: {ch['skipped']} | | |")
     bounded = {name: law["at_bounds"] for name, law in ch.get("fits", {}).items() if law.get("at_bounds")}
     if bounded:
-        out += ["", "L(N, D) is not determined by these data: the fit pushed " + "; ".join(
-            f"{name}'s {', '.join(params)}" for name, params in bounded.items()) + " to the end of its search range "
+        out += ["", "L(N, D) is not determined by these data: the fit pushed " + " and ".join(
+            f"{name}'s {', '.join(params)}" for name, params in bounded.items()) + " to the end of the search range "
             "(E < 0.01, an exponent at 0 or 3), so its extrapolation follows the bounds. Fits: " + "; ".join(
             f"{name} E = {law['E']:.3g}, A = {law['A']:.3g}, α = {law['alpha']:.3g}, B = {law['B']:.3g}, "
             f"β = {law['beta']:.3g}" for name, law in ch["fits"].items()) + "."]
