@@ -279,8 +279,9 @@ def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True
     Randomness is keyed, not sequential: source draws come from per-(group, source) streams (``_consistent_draws``),
     an activation's own draws from a per-(group, activation) stream, all under ``seed``. So a run added to one
     activation leaves another activation's replicates as they were, except where a new (group, seed) source wins a
-    draw; with one shared stream, every later draw of every cell would shift and a p-value of ~0.01 could move by
-    its Monte Carlo error although none of its runs changed."""
+    draw (and, in that cell, the own-residual fills after it: their stream is consumed as needed); with one shared
+    stream, every later draw of every cell would shift and a p-value of ~0.01 could move by its Monte Carlo error
+    although none of its runs changed."""
     groups: dict = {}
     for (group, act), by_seed in cells.items():
         groups.setdefault(group, {})[act] = by_seed
