@@ -304,24 +304,22 @@ def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True
             own[act] = [r * widen for r in values]
     own = {act: np.array(v) for act, v in own.items()}
     sources = sorted({(g, s) for (g, _, s) in residual})
-    drawn_by_group, labels_by_group = {}, {}
+    candidates, index = {}, {}  # per group: what a draw can pick, and (draws, replicates) indices into it
     for group, acts in groups.items():
-        size = max(len(v) for v in acts.values())
         if pooled:
-            drawn_by_group[group] = _consistent_draws(seed, group, sources, size, replicates) if sources else None
+            candidates[group] = sources
+            size = max(len(v) for v in acts.values())
+            index[group] = (_consistent_draws(seed, group, sources, size, replicates) if sources
+                            else np.zeros((0, replicates), dtype=int))
         else:
-            labels_by_group[group] = sorted({s for v in acts.values() for s in v})
-            drawn_by_group[group] = _stream(seed, "labels", group).integers(
-                len(labels_by_group[group]), size=(replicates, len(labels_by_group[group])))
+            candidates[group] = [(group, s) for s in sorted({s for v in acts.values() for s in v})]
+            index[group] = _stream(seed, "labels", group).integers(
+                len(candidates[group]), size=(len(candidates[group]), replicates))
     own_streams = {(group, act): _stream(seed, "own", group, act) for group, acts in groups.items() for act in acts}
     for rep in range(replicates):
         out = {}
         for group, acts in groups.items():
-            index = drawn_by_group[group]
-            if pooled:
-                drawn = [sources[i] for i in index[:, rep]] if index is not None else []
-            else:
-                drawn = [(group, labels_by_group[group][i]) for i in index[rep]]
+            drawn = [candidates[group][i] for i in index[group][:, rep]]
             for act, by_seed in acts.items():
                 n, key = len(by_seed), (group, act)
                 if n < 2 and not pooled or act not in own:
