@@ -466,6 +466,30 @@ def test_a_new_seed_source_moves_few_of_the_others_draws():
     assert 0 < moved < 0.25  # two draws per replicate, each moved with probability 1/17: ~0.11
 
 
+def test_a_new_seed_source_moves_only_the_replicates_that_draw_it():
+    """Where an activation lacks a drawn source it fills from its own residuals; those fills are fixed per cell and
+    replicate, so a new source changes a cell's replicate only if it is among that replicate's draws of the cell's
+    group (fills drawn from a stream consumed as needed would shift every later replicate of the cell)."""
+    losses = iter(np.random.default_rng(3).normal(4.0, 0.05, size=200))
+    groups = [(f"r{i}", b) for i in range(1, 5) for b in ("t5", "t20")]
+    before = {(g, a): {s: float(next(losses)) for s in range(2)} for g in groups for a in ("relu", "swiglu")}
+    before[(("r4", "t20"), "gelu")] = {s: float(next(losses)) for s in (0, 1, 3)}  # relu lacks (r4 t20, 3)
+    after = {k: dict(v) for k, v in before.items()}
+    after[(("r4", "t20"), "swiglu")][2] = 4.1  # a new source; r4 t20 keeps its 3 draws
+    replicates = 2000
+    old, new = _replicates(before, "relu", replicates=replicates), _replicates(after, "relu", replicates=replicates)
+    sources = sorted({(g, s) for (g, _), by_seed in after.items() for s in by_seed})
+    moved_any = 0
+    for (group, act), values in old.items():
+        draws = max(len(v) for (g, _), v in after.items() if g == group)
+        index = scaling._consistent_draws(0, group, sources, draws, replicates)
+        drew_new = (index == sources.index((("r4", "t20"), 2))).any(axis=0)
+        changed = values != new[(group, act)]
+        assert not np.any(changed & ~drew_new), (group, np.sum(changed & ~drew_new))
+        moved_any += changed.sum()
+    assert moved_any > 0
+
+
 def test_lr_rule_interpolates_the_grid_optima_geometrically():
     assert ladder.best_lr([1e-3, 2e-3, 4e-3, 8e-3], [5.0, 4.6, 4.5, 5.2]) == (pytest.approx(4e-3), False)
     lr, edge = ladder.best_lr([1e-3, 2e-3, 4e-3, 8e-3], [5.0, 4.6, 4.6, 5.2], refine=True)

@@ -277,11 +277,12 @@ def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True
     deviation from its mean scaled by sqrt(n / (n - 1)); a cell of one seed never moves.
 
     Randomness is keyed, not sequential: source draws come from per-(group, source) streams (``_consistent_draws``),
-    an activation's own draws from a per-(group, activation) stream, all under ``seed``. So a run added to one
-    activation leaves another activation's replicates as they were, except where a new (group, seed) source wins a
-    draw (and, in that cell, the own-residual fills after it: their stream is consumed as needed); with one shared
-    stream, every later draw of every cell would shift and a p-value of ~0.01 could move by its Monte Carlo error
-    although none of its runs changed."""
+    an activation's own draws from a fixed per-(group, activation) block of indices, all under ``seed``. So a run
+    added to one activation leaves another activation's replicates as they were, except those in which a new
+    (group, seed) source wins a draw (and, if the run enlarges its group's largest cell and so adds a draw there,
+    that group's replicates that took a fill where the extra draw now serves); with one shared stream, every later
+    draw of every cell would shift and a p-value of ~0.01 could move by its Monte Carlo error although none of its
+    runs changed."""
     groups: dict = {}
     for (group, act), by_seed in cells.items():
         groups.setdefault(group, {})[act] = by_seed
@@ -315,7 +316,11 @@ def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True
             candidates[group] = [(group, s) for s in sorted({s for v in acts.values() for s in v})]
             index[group] = _stream(seed, "labels", group).integers(
                 len(candidates[group]), size=(len(candidates[group]), replicates))
-    own_streams = {(group, act): _stream(seed, "own", group, act) for group, acts in groups.items() for act in acts}
+    # an activation's own draws (pooled: fills from its residuals; not pooled: the labels of a cell that has none
+    # of the drawn ones): a fixed (replicates, n) block per cell, of which a replicate uses the first few it needs
+    fills = {key: _stream(seed, "own", *key).integers(len(own[key[1]]) if pooled else len(by_seed),
+                                                      size=(replicates, len(by_seed)))
+             for key, by_seed in cells.items() if key[1] in own}
     for rep in range(replicates):
         out = {}
         for group, acts in groups.items():
@@ -325,11 +330,11 @@ def bootstrap_cells(cells: dict, seed: int, replicates: int, pooled: bool = True
                 if n < 2 and not pooled or act not in own:
                     out[key] = means[key]
                     continue
-                rng = own_streams[key]
                 picked = [residual[(g, act, s)] for g, s in drawn if (g, act, s) in residual][:n]
                 if pooled:
-                    picked += list(rng.choice(own[act], size=n - len(picked))) if len(picked) < n else []
+                    picked += list(own[act][fills[key][rep, :n - len(picked)]])
                 elif not picked:
-                    picked = [residual[(group, act, s)] for s in rng.choice(sorted(by_seed), size=n)]
+                    labels = sorted(by_seed)
+                    picked = [residual[(group, act, labels[i])] for i in fills[key][rep]]
                 out[key] = means[key] + float(np.mean(picked))
         yield out
