@@ -435,6 +435,50 @@ def _replicates(cells, act, pooled=True, replicates=2000):
     return {key: np.array([s[key] for s in samples]) for key in cells if key[1] == act}
 
 
+def test_crossing_compute_joins_the_points_in_log_compute():
+    c, y = np.array([1e12, 1e13, 1e14]), np.array([6.0, 5.0, 4.5])  # falls 1 per decade, then 0.5
+    assert ladder.crossing_compute(c, y, 5.5) == (pytest.approx(10**12.5), False)
+    assert ladder.crossing_compute(c, y, 4.75) == (pytest.approx(10**13.5), False)
+    assert ladder.crossing_compute(c[::-1], y[::-1], 4.75)[0] == pytest.approx(10**13.5)  # order does not matter
+    assert ladder.crossing_compute(c, y, 6.5) == (pytest.approx(10**11.5), True)  # first segment extended
+    assert ladder.crossing_compute(c, y, 4.0) == (pytest.approx(1e15), True)  # last segment extended
+    rising = ladder.crossing_compute(c, np.array([6.0, 5.0, 5.2]), 4.9)
+    assert math.isnan(rising[0]) and rising[1]  # the last segment rises: no crossing beyond it
+    assert math.isnan(ladder.crossing_compute(c[:1], y[:1], 5.0)[0])
+
+
+def test_multiplier_vs_cells_holds_where_the_baseline_is_not_a_power_law():
+    """Baseline cells on a line in (ln C, loss) that bends at r2 (no E + A C^-α fits them): an activation at 1.5x
+    its compute is read as 1.5 from the baseline's cells on every rung (also beyond the last, on the extended
+    segment) with a flat trend, while the multiplier against the fitted L(C) is off."""
+    rungs = ladder.ladder_rungs("cpu")
+
+    def loss(c, budget):
+        nodes = sorted(compute_of(r, r.budgets[budget]) for r in rungs.values())
+        x, x1, knee = math.log(c), math.log(nodes[0]), math.log(nodes[1])
+        return 6 - 0.3 * (min(x, knee) - x1) - 0.08 * max(0.0, x - knee)
+
+    rows = [dict(activation=act, seed=s, rung=r.name, budget=b, params=r.params, tokens=r.budgets[b],
+                 compute=compute_of(r, r.budgets[b]), loss=loss(k * compute_of(r, r.budgets[b]), b) + 1e-4 * s,
+                 lr=2e-3, tokens_per_s=1.0)
+            for r in rungs.values() for b in ("t5", "t20") for act, k in (("swiglu", 1.0), ("polynorm", 1.5))
+            for s in range(2)]
+    result = ladder.fit_ladder(rows, replicates=100, chinchilla_replicates=5)
+    entry = result["activations"]["polynorm"]
+    for cell in entry["cells"]:
+        assert cell["multiplier_vs_cells"] == pytest.approx(1.5, rel=1e-3), cell
+        lo, hi = cell["multiplier_vs_cells_ci95"]
+        assert lo <= 1.5 * 1.001 and hi >= 1.5 * 0.999
+        assert cell["vs_cells_beyond"] == (cell["rung"] == "r4")
+    assert max(abs(c["multiplier"] / 1.5 - 1) for c in entry["cells"]) > 0.1
+    for t in entry["trend_vs_cells"].values():
+        assert abs(t["per_decade"]) < 1e-3 and t["p_value"] > 0.05
+    text = ladder.markdown(result)
+    section = text.split("## Compute multiplier vs swiglu's cells", 1)[1].split("## Per rung", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| polynorm"))
+    assert row.count("1.5 [") == 4 and row.count("†") == 1
+
+
 @pytest.mark.parametrize("pooled", [True, False])
 def test_a_run_added_to_one_activation_leaves_the_others_draws(pooled):
     """A seed that other activations already have (no new (group, seed) source): the other activations' replicates

@@ -13,7 +13,10 @@ Conventions (stated in every output):
 - A cell: one (rung, budget, activation); its loss is the mean final validation loss over its seeds.
 - L(C) is fitted per budget line (the rungs at one tokens-per-N budget), on cell means. The compute multiplier of an
   activation at a cell is the compute the baseline's L(C) of that line needs to reach the activation's loss,
-  divided by the activation's compute there (> 1: the activation is worth more compute than it used).
+  divided by the activation's compute there (> 1: the activation is worth more compute than it used). A second
+  estimate reads the baseline's cells instead of its fitted curve (``multiplier_vs_cells``): where the baseline's own
+  cell sits off its L(C), every activation's curve multiplier at that rung carries the offset; the cell estimate
+  does not, but it carries the baseline cells' seed noise and ignores the curvature between rungs.
 - Intervals: 95% percentile intervals of a bootstrap over seeds (``scaling.bootstrap_cells``); the trend's p-value
   inverts that interval (H0: slope 0). On runs generated from known laws with 3 seeds per cell they hold the truth
   95% of the time (experiments/2026-12-07-ladder-cpu/coverage_check.py).
@@ -217,6 +220,43 @@ def _multipliers(cells: Cells, means: dict, fits: dict, lines: dict, acts: list[
     return out
 
 
+def crossing_compute(compute, loss, target: float) -> tuple[float, bool]:
+    """The compute at which points (``compute``, ``loss``), joined by straight lines in (ln C, loss), reach
+    ``target``, and whether that lies beyond them (the end segment extended; a target worse than the first point
+    or better than the last). nan where the segment used does not fall with compute."""
+    order = np.argsort(compute)
+    x, y = np.log(np.asarray(compute, dtype=float)[order]), np.asarray(loss, dtype=float)[order]
+    if x.size < 2:
+        return math.nan, False
+    beyond = not y[-1] <= target <= y[0]
+    if target >= y[0]:
+        i = 0
+    elif target <= y[-1]:
+        i = x.size - 2
+    else:  # the first segment that brackets the target
+        i = next(j for j in range(x.size - 1) if min(y[j], y[j + 1]) <= target <= max(y[j], y[j + 1]))
+    if y[i + 1] >= y[i] and (beyond or y[i + 1] == y[i]):
+        return math.nan, beyond
+    return float(np.exp(x[i] + (target - y[i]) / (y[i + 1] - y[i]) * (x[i + 1] - x[i]))), beyond
+
+
+def _cell_multipliers(cells: Cells, means: dict, lines: dict, acts: list[str], baseline: str) -> dict:
+    """{(rung, budget, act): (multiplier, beyond)} against the baseline's cells of the cell's line, joined in
+    (ln C, loss) (``crossing_compute``); lines where the baseline has >= 2 cells."""
+    out = {}
+    for budget, rungs in lines.items():
+        _, c_base, y_base = _line_points(cells, means, budget, baseline, rungs)
+        if c_base.size < 2:
+            continue
+        for act in acts:
+            for rung in rungs:
+                key = (rung, budget, act)
+                if key in means:
+                    c, beyond = crossing_compute(c_base, y_base, means[key])
+                    out[key] = (c / cells.info[key]["compute"], beyond)
+    return out
+
+
 def _trends(cells: Cells, mult: dict, lines: dict, acts: list[str]) -> dict:
     out = {}
     for budget, rungs in lines.items():
@@ -242,20 +282,25 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
                          f"to fit L(C) to (lines: {', '.join(f'{b}: {len(r)} rungs' for b, r in lines.items())})")
     mult = _multipliers(cells, means, fits, lines, acts, baseline)
     trends = _trends(cells, mult, lines, acts)
+    vs_cells = _cell_multipliers(cells, means, lines, acts, baseline)
+    trends_vs_cells = _trends(cells, {k: m for k, (m, _) in vs_cells.items()}, lines, acts)
     c_max = max(i["compute"] for i in cells.info.values())
     grid = np.geomspace(min(i["compute"] for i in cells.info.values()) / 2, c_max * 2, 60)
 
     # bootstrap over seeds
     flat = {((r, b), a): v for (r, b, a), v in cells.losses.items()}
     boot_mult, boot_trend, boot_curve, boot_fit, boot_gap = {}, {}, {}, {}, {}
+    boot_cells, boot_trend_cells = {}, {}
     for sample in scaling.bootstrap_cells(flat, seed, replicates):
         m = {(r, b, a): v for ((r, b), a), v in sample.items()}
         f = _fit_lines(cells, m, lines, acts)
         mu = _multipliers(cells, m, f, lines, acts, baseline)
-        for key, v in mu.items():
-            boot_mult.setdefault(key, []).append(v)
-        for key, v in _trends(cells, mu, lines, acts).items():
-            boot_trend.setdefault(key, []).append(v)
+        mc = {k: v for k, (v, _) in _cell_multipliers(cells, m, lines, acts, baseline).items()}
+        for estimate, boot, boot_t in ((mu, boot_mult, boot_trend), (mc, boot_cells, boot_trend_cells)):
+            for key, v in estimate.items():
+                boot.setdefault(key, []).append(v)
+            for key, v in _trends(cells, estimate, lines, acts).items():
+                boot_t.setdefault(key, []).append(v)
         for key, law in f.items():
             boot_curve.setdefault(key, []).append(law(grid))
             boot_fit.setdefault(key, []).append((law.E, law.A, law.alpha))
@@ -273,6 +318,10 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
             "loss": "final validation loss, mean over seeds per (rung, budget, activation)",
             "multiplier": f"compute {baseline}'s L(C) of the same budget line needs to reach the activation's loss, "
                           "divided by the activation's compute",
+            "multiplier_vs_cells": f"the same against {baseline}'s cells of the line joined by straight lines in "
+                                   "(ln C, loss) instead of its L(C) (the end segment extended beyond them: "
+                                   "vs_cells_beyond); free of the baseline's cell-to-curve offsets, subject to its "
+                                   "cells' noise and the curvature between rungs",
             "wall_clock_multiplier": f"multiplier x (activation's FLOP/s / {baseline}'s FLOP/s at that cell, from "
                                      "the runs' median logged tokens/s): time over time, assuming the baseline keeps "
                                      "its measured FLOP rate",
@@ -290,7 +339,7 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
         "activations": {},
     }
     for act in acts:
-        entry = {"fits": {}, "cells": [], "trend": {}}
+        entry = {"fits": {}, "cells": [], "trend": {}, "trend_vs_cells": {}}
         for budget, rungs in lines.items():
             law = fits.get((budget, act))
             if law is not None:
@@ -323,15 +372,21 @@ def fit_ladder(rows: list[dict], baseline: str = "swiglu", replicates: int = 100
                         mult[key]) and mult[key] * info["compute"] > max(
                         cells.info[(r, budget, baseline)]["compute"] for r in rungs if (r, budget, baseline) in
                         cells.info))
+                if key in vs_cells:
+                    cell["multiplier_vs_cells"], cell["vs_cells_beyond"] = vs_cells[key]
+                    cell["multiplier_vs_cells_ci95"] = interval(boot_cells.get(key, []))
                 entry["cells"].append(cell)
-            if (budget, act) in trends and act != baseline:
-                samples = boot_trend.get((budget, act), [])
-                slope = trends[(budget, act)]
-                entry["trend"][budget] = {
-                    "slope": slope, "slope_ci95": interval(samples), "p_value": scaling.bootstrap_p_value(samples),
-                    "per_decade": slope * math.log(10) if not math.isnan(slope) else math.nan,
-                    "replicates_used": int(np.sum(~np.isnan(np.asarray(samples, dtype=float)))),
-                    "rungs": len([r for r in rungs if (r, budget, act) in mult])}
+            for name, point, boot, estimate in (("trend", trends, boot_trend, mult),
+                                                 ("trend_vs_cells", trends_vs_cells, boot_trend_cells, vs_cells)):
+                if (budget, act) in point and act != baseline:
+                    samples = boot.get((budget, act), [])
+                    slope = point[(budget, act)]
+                    entry[name][budget] = {
+                        "slope": slope, "slope_ci95": interval(samples),
+                        "p_value": scaling.bootstrap_p_value(samples),
+                        "per_decade": slope * math.log(10) if not math.isnan(slope) else math.nan,
+                        "replicates_used": int(np.sum(~np.isnan(np.asarray(samples, dtype=float)))),
+                        "rungs": len([r for r in rungs if (r, budget, act) in estimate])}
         result["activations"][act] = entry
 
     # the extrapolated gap (L(C) of each line; L(N, D) where the budgets allow)
@@ -435,6 +490,7 @@ def markdown(result: dict) -> str:
         out += ["", f"‡ α at an end of its range [{lo:g}, {hi:g}]: the bound, not the data, set it (a flat or "
                     "rising line, or too little curvature); that line's E, A and extrapolation follow from it."]
     out += ["", *markdown_by_rung(result).splitlines()]
+    out += ["", *markdown_by_rung(result, "multiplier_vs_cells").splitlines()]
     out += ["", f"## Per rung: loss, compute multiplier vs {base} (95% CI), wall-clock multiplier", ""]
     rungs = []
     for budget_rungs in lines.values():
@@ -454,20 +510,27 @@ def markdown(result: dict) -> str:
         out.append("")
     out += [f"† the compute {base} would need lies beyond its largest run of that line (its L(C) extrapolated).", ""]
     out += ["## Does the multiplier change with compute?", "",
-            "| activation | budget | slope of ln M on ln C | per decade | 95% CI (slope) | p (slope = 0) | rungs |",
-            "|---|---|---|---|---|---|---|"]
+            "| activation | budget | slope of ln M on ln C | per decade | 95% CI (slope) | p (slope = 0) | rungs | "
+            f"per decade vs {base}'s cells (p) |", "|---|---|---|---|---|---|---|---|"]
     for act in acts:
         for budget, t in result["activations"][act]["trend"].items():
+            tc = result["activations"][act].get("trend_vs_cells", {}).get(budget)
             out.append(f"| {act} | {budget} | {_g(t['slope'])} | {_g(t['per_decade'])} | {_ci(t['slope_ci95'])} | "
-                       f"{_g(t['p_value'], 2)} | {t['rungs']} |")
+                       f"{_g(t['p_value'], 2)} | {t['rungs']} | "
+                       + (f"{tc['per_decade']:+.2f} ({_g(tc['p_value'], 2)})" if tc else "–") + " |")
     out += ["", *markdown_extrapolation(result).splitlines()]
     return "\n".join(out) + "\n"
 
 
-def markdown_by_rung(result: dict) -> str:
-    """Per budget line, each activation's multiplier (95% CI) at every rung and its trend: the ladder at a glance."""
+def markdown_by_rung(result: dict, estimate: str = "multiplier") -> str:
+    """Per budget line, each activation's multiplier (95% CI) at every rung and its trend: the ladder at a glance.
+    ``estimate``: ``multiplier`` (against the baseline's L(C)) or ``multiplier_vs_cells`` (against its cells)."""
     base = result["baseline"]
-    out = [f"## Compute multiplier vs {base} by rung (95% CI), and its trend", ""]
+    vs_cells = estimate == "multiplier_vs_cells"
+    trend_key = "trend_vs_cells" if vs_cells else "trend"
+    title = (f"## Compute multiplier vs {base}'s cells (joined in ln C; † beyond them) by rung (95% CI), and its trend"
+             if vs_cells else f"## Compute multiplier vs {base} by rung (95% CI), and its trend")
+    out = [title, ""]
     for budget, rungs in result["budget_lines"].items():
         computes = {c["rung"]: c["compute"] for c in result["activations"][base]["cells"] if c["budget"] == budget}
         out += [f"### budget {budget}", "",
@@ -476,11 +539,13 @@ def markdown_by_rung(result: dict) -> str:
         for act, entry in result["activations"].items():
             if act == base:
                 continue
-            cells = {c["rung"]: c for c in entry["cells"] if c["budget"] == budget and "multiplier" in c}
-            t = entry["trend"].get(budget)
+            cells = {c["rung"]: c for c in entry["cells"] if c["budget"] == budget and estimate in c}
+            t = entry.get(trend_key, {}).get(budget)
             trend = f"{t['per_decade']:+.2f} ({_g(t['p_value'], 2)})" if t else "–"
-            out.append(f"| {act} | " + " | ".join(f"{_g(cells[r]['multiplier'])} {_ci(cells[r]['multiplier_ci95'])}"
-                                                  if r in cells else "–" for r in rungs) + f" | {trend} |")
+            out.append(f"| {act} | " + " | ".join(
+                f"{_g(cells[r][estimate])} {_ci(cells[r][estimate + '_ci95'])}"
+                + (" †" if cells[r].get("vs_cells_beyond") and vs_cells else "") if r in cells else "–"
+                for r in rungs) + f" | {trend} |")
         out.append("")
     return "\n".join(out)
 
