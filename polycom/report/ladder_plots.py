@@ -71,7 +71,8 @@ def plot_loss_vs_compute(result: dict, path: Path) -> None:
 
 def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
     """Each activation's compute multiplier against the baseline at every rung of a budget line, with its 95%
-    interval as an error bar; 1 = as good as the baseline per FLOP."""
+    interval as an error bar; 1 = as good as the baseline per FLOP. Dashed, open markers: the same read from the
+    baseline's cells instead of its L(C) (``multiplier_vs_cells``, point estimates only)."""
     base = result["baseline"]
     lines = result["budget_lines"]
     fig, axes = _panels(len(lines))
@@ -84,12 +85,13 @@ def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
             c = np.array([x["compute"] for x in cells])
             m = np.array([x["multiplier"] for x in cells], dtype=float)
             lo, hi = (np.array([x["multiplier_ci95"][i] for x in cells], dtype=float) for i in (0, 1))
-            series.append((act, c, m, lo, hi))
+            vs_cells = np.array([x.get("multiplier_vs_cells", math.nan) for x in cells], dtype=float)
+            series.append((act, c, m, lo, hi, vs_cells))
         # an interval with no upper end (the baseline's L(C) never reaches the loss) is drawn to the top and marked ^;
         # the activations are spread a little along x so that their intervals do not hide each other
-        shown = [v for _, _, m, _, hi in series for v in (*m, *hi) if np.isfinite(v) and v > 0]
+        shown = [v for _, _, m, _, hi, mc in series for v in (*m, *hi, *mc) if np.isfinite(v) and v > 0]
         top = max(shown) * 1.3 if shown else 2.0
-        for k, (act, c, m, lo, hi) in enumerate(series):
+        for k, (act, c, m, lo, hi, mc) in enumerate(series):
             color = activation_color(act.split("-r")[0])
             x = c * 10 ** (0.02 * (k - (len(series) - 1) / 2))
             finite = np.isfinite(m)
@@ -98,12 +100,15 @@ def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
             ax.errorbar(x[ok], m[ok], yerr=[m[ok] - lo[ok], upper[ok] - m[ok]], fmt="none", ecolor=color, alpha=0.5,
                         capsize=2, lw=1)
             ax.plot(x[finite], m[finite], "o-", color=color, ms=4, label=act)
+            ax.plot(x[np.isfinite(mc)], mc[np.isfinite(mc)], "s--", color=color, ms=4, mfc="none", lw=0.8, alpha=0.7)
             open_top = np.isinf(hi) & finite
             ax.plot(x[open_top], np.full(open_top.sum(), top), "^", color=color, ms=6)
-        low = [v for _, _, m, lo, _ in series for v in (*m, *lo) if np.isfinite(v) and v > 0]
+        low = [v for _, _, m, lo, _, mc in series for v in (*m, *lo, *mc) if np.isfinite(v) and v > 0]
         ax.set_ylim(min(low) / 1.3 if low else 0.5, top * 1.1)
-        if any(np.isinf(hi).any() for *_, hi in series):
-            ax.text(0.01, 0.99, "^ : 95% interval open above", transform=ax.transAxes, va="top", fontsize=8)
+        notes = [f"dashed, open: read from {base}'s cells"] if any(np.isfinite(mc).any() for *_, mc in series) else []
+        notes += ["^ : 95% interval open above"] if any(np.isinf(hi).any() for *_, hi, _ in series) else []
+        if notes:
+            ax.text(0.01, 0.99, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
         ax.axhline(1.0, color="black", lw=0.8)
         _log_axes(ax)
         ax.set_xlabel("training compute (FLOPs)")
