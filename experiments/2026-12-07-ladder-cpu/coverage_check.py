@@ -6,7 +6,9 @@ multiplier grows as C^0.15), Gaussian seed noise, ``polycom.report.ladder.fit_la
 
 Prints the share of intervals that contain the true value: each cell's multiplier, and each budget line's trend slope
 (0 for the constant multiplier, 0.15 for the growing one), with the spread of the slope estimates next to the mean
-bootstrap standard error (interval width / 3.92). L(N, D) is left out (it does not enter these intervals).
+bootstrap standard error (interval width / 3.92); then the same shares for the multiplier against the baseline's
+L(C) pinned to its cells (``multiplier_vs_cells``).
+L(N, D) is left out (it does not enter these intervals).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> None:
     scaling.fit_chinchilla = skip
     rng = np.random.default_rng(2026)
     cells, trends, slopes, ses = [], [], {"polynorm": [], "gelu": []}, {"polynorm": [], "gelu": []}
+    vs_cells, vs_cells_trends = [], []  # the same against the baseline's L(C) pinned to its cells
     for _ in range(args.datasets):
         result = ladder.fit_ladder(dataset(rng, args.seeds, args.noise), replicates=args.replicates,
                                    seed=int(rng.integers(1 << 30)))
@@ -60,6 +63,10 @@ def main() -> None:
             entry = result["activations"][act]
             cells += [c["multiplier_ci95"][0] <= truth(act, c["compute"]) <= c["multiplier_ci95"][1]
                       for c in entry["cells"]]
+            vs_cells += [lo <= truth(act, c["compute"]) <= hi
+                         for c in entry["cells"] for lo, hi in [c["multiplier_vs_cells_ci95"]]]
+            vs_cells_trends += [t["slope_ci95"][0] <= slope_true <= t["slope_ci95"][1]
+                                for t in entry["trend_vs_cells"].values()]
             for t in entry["trend"].values():
                 trends.append(t["slope_ci95"][0] <= slope_true <= t["slope_ci95"][1])
                 slopes[act].append(t["slope"] - slope_true)
@@ -67,6 +74,8 @@ def main() -> None:
     print(f"{args.datasets} datasets, {args.seeds} seeds per cell, noise {args.noise}, {args.replicates} replicates")
     print(f"multiplier intervals holding the truth: {np.mean(cells):.3f} of {len(cells)}")
     print(f"trend intervals holding the truth: {np.mean(trends):.3f} of {len(trends)}")
+    print(f"against the baseline's L(C) pinned to its cells: multiplier intervals holding the truth "
+          f"{np.mean(vs_cells):.3f}, trend intervals {np.mean(vs_cells_trends):.3f}")
     for act in slopes:
         print(f"{act}: slope error mean {np.mean(slopes[act]):+.4f}, sd {np.std(slopes[act]):.4f}; "
               f"mean bootstrap se {np.mean(ses[act]):.4f}")

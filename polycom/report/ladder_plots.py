@@ -71,8 +71,8 @@ def plot_loss_vs_compute(result: dict, path: Path) -> None:
 
 def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
     """Each activation's compute multiplier against the baseline at every rung of a budget line, with its 95%
-    interval as an error bar; 1 = as good as the baseline per FLOP. Dashed, open markers: the same read from the
-    baseline's cells instead of its L(C) (``multiplier_vs_cells``, point estimates only)."""
+    interval as an error bar; 1 = as good as the baseline per FLOP. Dashed, open markers: the same against the
+    baseline's L(C) pinned to its cells (``multiplier_vs_cells``, point estimates only)."""
     base = result["baseline"]
     lines = result["budget_lines"]
     fig, axes = _panels(len(lines))
@@ -105,7 +105,8 @@ def plot_multiplier_vs_compute(result: dict, path: Path) -> None:
             ax.plot(x[open_top], np.full(open_top.sum(), top), "^", color=color, ms=6)
         low = [v for _, _, m, lo, _, mc in series for v in (*m, *lo, *mc) if np.isfinite(v) and v > 0]
         ax.set_ylim(min(low) / 1.3 if low else 0.5, top * 1.1)
-        notes = [f"dashed, open: read from {base}'s cells"] if any(np.isfinite(mc).any() for *_, mc in series) else []
+        pinned = any(np.isfinite(mc).any() for *_, mc in series)
+        notes = [f"dashed, open: {base}'s L(C) pinned to its cells"] if pinned else []
         notes += ["^ : 95% interval open above"] if any(np.isinf(hi).any() for *_, hi, _ in series) else []
         if notes:
             ax.text(0.01, 0.99, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
