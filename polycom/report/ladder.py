@@ -517,7 +517,7 @@ def markdown(result: dict) -> str:
     out += [f"† the compute {base} would need lies beyond its largest run of that line (its L(C) extrapolated).", ""]
     out += ["## Does the multiplier change with compute?", "",
             "| activation | budget | slope of ln M on ln C | per decade | 95% CI (slope) | p (slope = 0) | rungs | "
-            f"per decade vs {base}'s cells (p) |", "|---|---|---|---|---|---|---|---|"]
+            f"per decade, {base}'s L(C) pinned (p) |", "|---|---|---|---|---|---|---|---|"]
     for act in acts:
         for budget, t in result["activations"][act]["trend"].items():
             tc = result["activations"][act].get("trend_vs_cells", {}).get(budget)
