@@ -456,8 +456,8 @@ def test_pinned_inverse_passes_through_the_points_and_keeps_the_curvature():
 
 def test_pinned_multiplier_reads_the_baselines_cells_not_its_curve():
     """SwiGLU's r2 t20 cell 0.05 above its law (as a slow seed would put it): against its own fitted L(C) it is off
-    the curve (self-multiplier != 1); pinned to its cells it reads 1 at every cell, and an activation with the same
-    loss as that cell reads the ratio of the two computes."""
+    the curve (self-multiplier != 1); pinned to its cells it reads 1 at every cell, and on the clean t5 line the
+    pinned multiplier is the true one."""
     rungs = ladder.ladder_rungs("cpu")
     rows = []
     for r in rungs.values():

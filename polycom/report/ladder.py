@@ -225,8 +225,8 @@ def pinned_inverse(law: scaling.PowerLaw, compute, loss, target: float) -> tuple
     """The compute at which ``law`` pinned to the points (``compute``, ``loss``) reaches ``target``, and whether that
     lies beyond the points. Pinned: the law plus its residual at the points, interpolated linearly in ln C between
     them and held constant beyond them, so it passes through every point and keeps the law's curvature (straight
-    lines between the points would not: on a power law they read multipliers 3-5% high between points and ~13% low
-    beyond the last). inf where the target is at or below the pinned law's floor; nan where no crossing is found."""
+    lines between the points would not: on a convex L(C) they read multipliers high between points and low beyond
+    the last, a downward trend of their own). inf where the target is at or below the pinned law's floor."""
     order = np.argsort(compute)
     c, y = np.asarray(compute, dtype=float)[order], np.asarray(loss, dtype=float)[order]
     if c.size == 0:
@@ -235,13 +235,13 @@ def pinned_inverse(law: scaling.PowerLaw, compute, loss, target: float) -> tuple
     if target >= y[0] or target <= y[-1]:  # beyond the points: the law shifted by the nearest end's residual
         end = 0 if target >= y[0] else -1
         return float(law.inverse(target - resid[end])), not y[-1] <= target <= y[0]
+    if target in y:  # on a point (the baseline's own cell), where rounding could hide the sign change
+        return float(c[np.flatnonzero(y == target)[0]]), False
     i = next(j for j in range(x.size - 1) if min(y[j], y[j + 1]) <= target <= max(y[j], y[j + 1]))
 
     def gap(t):  # the pinned law minus the target, at ln C = t
         return float(law(math.exp(t))) + np.interp(t, x, resid) - target
 
-    if target in (y[i], y[i + 1]):  # on a point (the baseline's own cell), where rounding could hide the sign change
-        return float(c[i] if target == y[i] else c[i + 1]), False
     return float(math.exp(brentq(gap, x[i], x[i + 1]))), False
 
 
